@@ -1,0 +1,55 @@
+"""care_tf: CARE self-supervised pretraining (NeurIPS 2021) in Keras 3 / TensorFlow."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+version = {}
+exec((HERE / "care_tf" / "version.py").read_text(), version)
+
+TF_VERSION = "2.21.0"
+
+setup(
+    name="care_tf",
+    version=version["__version__"],
+    description="CARE self-supervised learning (CNN attention revitalised by transformers) in Keras 3",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["care_tf", "care_tf.*"]),
+    install_requires=[
+        "keras==3.15.1",
+        "numpy>=1.26,<3",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "pillow>=10.0",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        # Exactly one TensorFlow flavour: `pip install care_tf[cpu]` (CI, laptops),
+        # `care_tf[gpu]` (CUDA wheels), `care_tf[tpu]` (Cloud TPU VMs).
+        "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
+        "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
+        # tensorflow-tpu trails the main release on PyPI (2.20 when 2.21 shipped).
+        "tpu": ["tensorflow-tpu>=2.20,<2.22"],
+        "data": ["tensorflow-datasets==4.9.10"],
+        "test": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "tensorflow-datasets==4.9.10",
+            "scikit-learn>=1.4",
+            "scikit-image>=0.22",
+            "nbformat>=5.9",
+            "nbclient>=0.10",
+            "ipykernel>=6.29",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "care-train=care_tf.train.__main__:main",
+            "care-evaluate=care_tf.evaluate.__main__:main",
+            "care-export=care_tf.export.__main__:main",
+        ]
+    },
+)
