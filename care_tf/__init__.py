@@ -1,0 +1,11 @@
+"""care_tf: CARE self-supervised pretraining (NeurIPS 2021) in Keras 3 / TensorFlow."""
+
+from care_tf.models import (
+    ResNetBackbone,
+    check_backbone,
+    create_backbone,
+    feature_backbone,
+    list_backbones,
+    register_backbone,
+)
+from care_tf.version import __version__
