@@ -1,6 +1,11 @@
 """care_tf: CARE self-supervised pretraining (NeurIPS 2021) in Keras 3 / TensorFlow."""
 
 from care_tf.models import (
+    CARE,
+    BoTBlock,
+    MLPHead,
+    MultiHeadSelfAttention2D,
+    TransStack,
     ResNetBackbone,
     check_backbone,
     create_backbone,

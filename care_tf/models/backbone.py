@@ -56,6 +56,8 @@ def check_backbone(backbone: keras.Model) -> tuple[tuple, tuple]:
     for key in ("res4", "res5"):
         shape = tuple(outputs[key].shape[1:])
         if len(shape) != 3:
-            raise ValueError(f"Backbone output {key!r} must be a 4-D map (B, H, W, C); got {shape}.")
+            raise ValueError(
+                f"Backbone output {key!r} must be a 4-D map (B, H, W, C); got {shape}."
+            )
         shapes.append(shape)
     return shapes[0], shapes[1]
