@@ -50,7 +50,8 @@ def check_backbone(backbone: keras.Model) -> tuple[tuple, tuple]:
     if missing:
         raise ValueError(
             f"Backbone {backbone.name!r} has no {' or '.join(missing)} output (it has "
-            f"{sorted(outputs)}). Wrap it with `care_tf.feature_backbone(model, res4=..., res5=...)`."
+            f"{sorted(outputs)}). Wrap it with "
+            "`care_tf.feature_backbone(model, res4=..., res5=...)`."
         )
     shapes = []
     for key in ("res4", "res5"):

@@ -144,7 +144,7 @@ class CARE(keras.Model):
         for online, target in self._online_target_pairs():
             if len(online.weights) != len(target.weights):
                 raise RuntimeError(f"Target copy of {online.name} does not match its weights.")
-            for o, t in zip(online.weights, target.weights):
+            for o, t in zip(online.weights, target.weights, strict=True):
                 t.assign(o)
                 t.trainable = False
 
@@ -245,7 +245,7 @@ class CARE(keras.Model):
         pairs = [
             (t.value, o.value)
             for online, target in self._online_target_pairs()
-            for o, t in zip(online.weights, target.weights)
+            for o, t in zip(online.weights, target.weights, strict=True)
             if o.trainable
         ]
 
@@ -298,7 +298,7 @@ class CARE(keras.Model):
             total = self.optimizer.scale_loss(total)
         weights = self.trainable_weights
         gradients = tape.gradient(total, weights)
-        self.optimizer.apply_gradients(zip(gradients, weights))
+        self.optimizer.apply_gradients(zip(gradients, weights, strict=True))
         self.steps.assign_add(1)
         return self._update_metrics(losses, momentum)
 

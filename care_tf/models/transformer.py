@@ -269,7 +269,8 @@ class TransStack(keras.layers.Layer):
         if head_dim is None:
             if num_heads < 1 or inner % num_heads:
                 raise ValueError(
-                    f"`num_heads` must divide the inner width out_channels / proj_factor = {inner}. "
+                    "`num_heads` must divide the inner width out_channels / proj_factor = "
+                    f"{inner}. "
                     f"Received: num_heads={num_heads}. Use a divisor of {inner} or set `head_dim`."
                 )
             head_dim = inner // num_heads
