@@ -121,6 +121,13 @@ class CARE(keras.Model):
                 transformer = TransStack(out_channels=res5_channels, sync_bn=sync_bn)
             if not isinstance(transformer, keras.layers.Layer):
                 raise TypeError(f"`transformer` must be a Keras layer; got {type(transformer)}")
+            built_for = getattr(transformer, "input_fmap", None)
+            if transformer.built and built_for not in (None, tuple(res4_shape[:2])):
+                raise ValueError(
+                    f"The transformer was built for a {built_for} res4 map but this backbone "
+                    f"gives {tuple(res4_shape[:2])}. Pass an unbuilt TransStack (it sizes its "
+                    "position embedding from the backbone) or match the image size."
+                )
             _ensure_built(transformer, (None, *res4_shape))
             t_channels = transformer.compute_output_shape((None, *res4_shape))[-1]
             self.transformer = transformer
