@@ -1,0 +1,151 @@
+"""SavedModel for TF Serving: raw-pixel and encoded-image signatures, metadata assets.
+
+Signatures (all return float32 `embedding` (B, C5), the pooled res5 features):
+- `serving_default`: `images` float32 (B, H, W, 1|3) pixels in 0..255, any size;
+- `serve_uint8`: `images` uint8 (B, H, W, 1|3), any size;
+- `serve_image_bytes`: `image_bytes` string (B,) encoded JPEG/PNG/GIF/BMP.
+With `feature_maps=True` the two pixel signatures also return `res4` and `res5`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import tensorflow as tf
+
+from care_tf.export import preprocess
+from care_tf.export.source import ExportSource, metadata, tf_variables
+
+SIGNATURES = ("serving_default", "serve_uint8", "serve_image_bytes")
+METADATA_FILE = "care_export.json"
+CONFIG_FILE = "config.yaml"
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+def pixel_spec(dtype: tf.DType) -> tf.TensorSpec:
+    """Any batch, height, width; 1 or 3 channels."""
+    return tf.TensorSpec([None, None, None, None], dtype, name="images")
+
+
+BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
+
+
+def build_module(source: ExportSource, feature_maps: bool = False) -> tf.Module:
+    """A tf.Module holding the backbone and the three serving functions."""
+    backbone = source.backbone
+    size = source.image_size
+
+    def run(images: tf.Tensor, with_maps: bool) -> dict[str, tf.Tensor]:
+        out = backbone(images, training=False)
+        result = {"embedding": tf.identity(out["pooled"], name="embedding")}
+        if with_maps:
+            result["res4"] = out["res4"]
+            result["res5"] = out["res5"]
+        return result
+
+    module = tf.Module(name="care_backbone")
+    module.backbone_variables = tf_variables(backbone)
+
+    @tf.function(input_signature=[pixel_spec(tf.float32)])
+    def serve_float(images):
+        return run(preprocess.preprocess(images, size), feature_maps)
+
+    @tf.function(input_signature=[pixel_spec(tf.uint8)])
+    def serve_uint8(images):
+        return run(preprocess.preprocess(images, size), feature_maps)
+
+    @tf.function(input_signature=[BYTES_SPEC])
+    def serve_image_bytes(image_bytes):
+        return run(preprocess.preprocess_bytes(image_bytes, size), False)
+
+    module.serve_float = serve_float
+    module.serve_uint8 = serve_uint8
+    module.serve_image_bytes = serve_image_bytes
+    return module
+
+
+def write_saved_model(
+    source: ExportSource, path: str, feature_maps: bool = False, extra: dict | None = None
+) -> dict:
+    """Writes the SavedModel to `path` (a version directory) and returns its metadata.
+
+    Files: saved_model.pb, variables/, assets/{care_export.json, config.yaml}
+    (preprocessing constants, training step, care_tf version, resolved config),
+    assets.extra/tf_serving_warmup_requests (one request per signature).
+    """
+    module = build_module(source, feature_maps)
+    meta = metadata(
+        source,
+        format="saved_model",
+        signatures={
+            "serving_default": {
+                "inputs": {"images": "float32 (B, H, W, 1|3) pixels 0..255"},
+                "outputs": _outputs(source, feature_maps),
+            },
+            "serve_uint8": {
+                "inputs": {"images": "uint8 (B, H, W, 1|3)"},
+                "outputs": _outputs(source, feature_maps),
+            },
+            "serve_image_bytes": {
+                "inputs": {"image_bytes": "string (B,) encoded JPEG/PNG/GIF/BMP"},
+                "outputs": _outputs(source, False),
+            },
+        },
+        **(extra or {}),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        meta_path = os.path.join(tmp, METADATA_FILE)
+        with open(meta_path, "w") as f:
+            json.dump(meta, f, indent=2)
+        config_path = os.path.join(tmp, CONFIG_FILE)
+        import yaml
+
+        with open(config_path, "w") as f:
+            yaml.safe_dump(source.config, f, sort_keys=False)
+        module.metadata_file = tf.saved_model.Asset(meta_path)
+        module.config_file = tf.saved_model.Asset(config_path)
+        tf.saved_model.save(
+            module,
+            path,
+            signatures={
+                "serving_default": module.serve_float,
+                "serve_uint8": module.serve_uint8,
+                "serve_image_bytes": module.serve_image_bytes,
+            },
+        )
+    write_warmup(path, source.image_size)
+    return meta
+
+
+def _outputs(source: ExportSource, feature_maps: bool) -> dict[str, str]:
+    shapes = source.output_shapes
+    names = ["embedding", "res4", "res5"] if feature_maps else ["embedding"]
+    return {n: f"float32 (B, {', '.join(str(d) for d in shapes[n])})" for n in names}
+
+
+def write_warmup(path: str, image_size: int) -> bool:
+    """Writes TF Serving warmup requests (assets.extra/); False without tensorflow-serving-api."""
+    try:
+        from tensorflow_serving.apis import prediction_log_pb2
+    except ImportError:
+        return False
+    from care_tf.export.predict_requests import predict_request, warmup_image
+
+    pixels = warmup_image(image_size)
+    encoded = tf.io.encode_png(pixels[0]).numpy()
+    requests = [
+        predict_request("serving_default", images=pixels.astype("float32")),
+        predict_request("serve_uint8", images=pixels),
+        predict_request("serve_image_bytes", image_bytes=[encoded]),
+    ]
+    extra = os.path.join(path, "assets.extra")
+    os.makedirs(extra, exist_ok=True)
+    with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
+        for request in requests:
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log.SerializeToString())
+    return True
