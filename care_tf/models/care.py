@@ -270,6 +270,9 @@ class CARE(keras.Model):
 
     # ------------------------------------------------------------ train step
     def _views(self, data):
+        if isinstance(data, (tuple, list)):  # fit gives (x, y); train_on_batch (x, None, None)
+            items = [d for d in data if d is not None]
+            data = items[0] if len(items) == 1 else tuple(items)
         if isinstance(data, dict):
             if "view1" in data:
                 return data["view1"], data["view2"]

@@ -1,0 +1,108 @@
+"""TransStack / MHSA: NumPy reference, METHOD.md parameter counts, errors, serialisation."""
+
+import keras
+import numpy as np
+import pytest
+
+import care_tf
+
+
+def n_params(variables) -> int:
+    return sum(int(np.prod(v.shape)) for v in variables)
+
+
+def numpy_mhsa(x, w_qkv, pos_h, pos_w, heads, dim):
+    """Independent NumPy computation of METHOD.md's MHSA on x (B, H, W, C)."""
+    b, h, w, c = x.shape
+    n, inner = h * w, heads * dim
+    qkv = x.reshape(b, n, c) @ w_qkv.reshape(c, 3 * inner)
+    q, k, v = qkv[..., :inner], qkv[..., inner : 2 * inner], qkv[..., 2 * inner :]
+    split = lambda t: t.reshape(b, n, heads, dim).transpose(0, 2, 1, 3)  # (B, heads, N, d)
+    q, k, v = split(q) * dim**-0.5, split(k), split(v)
+    pos = np.array([pos_h[y] + pos_w[xx] for y in range(h) for xx in range(w)])  # (N, d)
+    logits = q @ k.transpose(0, 1, 3, 2) + q @ pos.T
+    logits -= logits.max(-1, keepdims=True)
+    att = np.exp(logits)
+    att /= att.sum(-1, keepdims=True)
+    out = (att @ v).transpose(0, 2, 1, 3).reshape(b, h, w, inner)
+    return out
+
+
+def test_mhsa_matches_numpy():
+    layer = care_tf.MultiHeadSelfAttention2D(num_heads=2, head_dim=4)
+    x = np.random.RandomState(1).randn(2, 3, 5, 6).astype("float32")
+    got = layer(x).numpy()
+    want = numpy_mhsa(
+        x.astype("float64"),
+        layer.qkv.kernel.numpy().astype("float64"),
+        layer.pos_height.numpy().astype("float64"),
+        layer.pos_width.numpy().astype("float64"),
+        heads=2,
+        dim=4,
+    )
+    assert got.shape == (2, 3, 5, 8)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_position_embedding_init():
+    layer = care_tf.MultiHeadSelfAttention2D(num_heads=4, head_dim=128)
+    layer.build((None, 14, 14, 512))
+    assert tuple(layer.pos_height.shape) == (14, 128)
+    assert tuple(layer.pos_width.shape) == (14, 128)
+    values = np.concatenate([layer.pos_height.numpy(), layer.pos_width.numpy()])
+    assert values.std() == pytest.approx(128**-0.5, rel=0.1)
+
+
+def test_transstack_parameter_count_resnet50():
+    stack = care_tf.TransStack(out_channels=2048)
+    stack.build((None, 14, 14, 1024))
+    assert n_params(stack.trainable_weights) == 32_813_568
+    assert stack.compute_output_shape((None, 14, 14, 1024)) == (None, 7, 7, 2048)
+    first, second = stack.blocks[0], stack.blocks[1]
+    assert first.project_shortcut and first.shortcut_conv.kernel.shape == (3, 3, 1024, 2048)
+    assert not second.project_shortcut
+    np.testing.assert_array_equal(first.bn_out.gamma.numpy(), 0.0)  # last BN gamma starts at 0
+
+
+def test_transstack_forward_shapes_and_zero_init_residual():
+    stack = care_tf.TransStack(out_channels=64, num_blocks=2, num_heads=2)
+    x = np.abs(np.random.RandomState(0).randn(2, 8, 8, 32)).astype("float32")
+    y = stack(x, training=False)
+    assert tuple(y.shape) == (2, 4, 4, 64)
+    # With gamma = 0 in every last BN, block 2 is the identity on its (non-negative) input.
+    first = stack.blocks[0](x, training=False)
+    np.testing.assert_allclose(y.numpy(), first.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"out_channels": 2048, "num_heads": 3}, "num_heads.*divide"),
+        ({"out_channels": 2048, "num_heads": 4, "head_dim": 64}, "num_heads \\* head_dim"),
+        ({"out_channels": 100, "proj_factor": 3}, "proj_factor"),
+        ({"num_blocks": 0}, "num_blocks"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        care_tf.TransStack(**kwargs)
+
+
+def test_wrong_feature_map_size_is_an_error():
+    stack = care_tf.TransStack(out_channels=64, num_blocks=1, num_heads=2)
+    stack(np.zeros((1, 8, 8, 32), "float32"))
+    with pytest.raises(ValueError, match="built for a 8x8 feature map but got 4x4"):
+        stack(np.zeros((1, 8, 8, 32), "float32")[:, :4, :4])
+    with pytest.raises(ValueError, match="even size"):
+        care_tf.TransStack(out_channels=64, num_heads=2).build((None, 7, 7, 32))
+
+
+def test_serialisation_round_trip():
+    stack = care_tf.TransStack(out_channels=64, num_blocks=2, num_heads=2)
+    x = np.random.RandomState(0).randn(2, 8, 8, 32).astype("float32")
+    y = stack(x, training=False).numpy()
+    config = keras.saving.serialize_keras_object(stack)
+    clone = keras.saving.deserialize_keras_object(config)
+    clone.set_weights(stack.get_weights())
+    assert clone.get_config() == stack.get_config()
+    np.testing.assert_array_equal(clone(x, training=False).numpy(), y)
