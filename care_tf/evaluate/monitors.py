@@ -13,7 +13,9 @@ state), and the monitors' data are their own datasets.
 Both add their figures to the epoch `logs` dict, so CSVLogger / TensorBoard /
 History record them **provided the monitors come before those callbacks** in the
 `callbacks` list (callbacks run in list order and share one logs dict). Pass
-`log_dir` to also write them to TensorBoard directly with `tf.summary`.
+`log_dir` to also write them to TensorBoard event files directly (with
+`tf.summary.write` and the scalar plugin's metadata, so this works without the
+`tensorboard` package installed).
 
 Example:
 >>> monitors = [
@@ -28,6 +30,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 from care_tf.evaluate.features import as_dataset, extract_features, feature_fn
 from care_tf.evaluate.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_evaluate, top_k_accuracy
@@ -43,6 +46,18 @@ def _backbone_of(model: keras.Model, backbone: keras.Model | None) -> keras.Mode
             f"Model {model.name!r} has no `.backbone` attribute; pass `backbone=` to the monitor."
         )
     return found
+
+
+def write_scalar(tag: str, value: float, step: int) -> None:
+    """Writes a scalar that TensorBoard's Scalars tab shows, to the default writer.
+
+    Equivalent to `tf.summary.scalar`, which needs the `tensorboard` package.
+    """
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+        data_class=summary_pb2.DATA_CLASS_SCALAR,
+    )
+    tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=metadata)
 
 
 def _due(epoch: int, every: int, total_epochs: int | None) -> bool:
@@ -70,7 +85,7 @@ class _Monitor(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
         with self._writer.as_default():
             for name, value in values.items():
-                tf.summary.scalar(f"epoch_{name}", value, step=step)
+                write_scalar(f"epoch_{name}", value, step)
         self._writer.flush()
 
 
