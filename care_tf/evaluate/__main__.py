@@ -1,0 +1,450 @@
+"""Command line: `python -m care_tf.evaluate {linear,knn,attention} ...`.
+
+    python -m care_tf.evaluate linear --model_dir runs/care --dataset fashion_mnist
+    python -m care_tf.evaluate linear --model_dir runs/care --dataset fashion_mnist \
+        --extract_features --epochs 80
+    python -m care_tf.evaluate knn --model_dir runs/care --dataset fashion_mnist --limit 5000
+    python -m care_tf.evaluate attention --model_dir runs/byol --model_dir runs/care \
+        --dataset fashion_mnist --num_images 8
+
+Results go to `--out` (default `MODEL_DIR/eval/`): `linear.json` or `knn.json`,
+`linear_confusion.png` / `knn_confusion.png`, `attention.png`. See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from care_tf.evaluate.knn import DEFAULT_K, DEFAULT_TEMPERATURE
+
+
+class UsageError(Exception):
+    """A user error reported as `error: ...` with exit status 2 (no traceback)."""
+
+
+# --------------------------------------------------------------------- loading
+def load_backbone(model_dir: str):
+    """The run's backbone (`model_dir/backbone.keras`, or a `.keras` file)."""
+    from care_tf.model_dir import load_backbone as _load
+
+    if not os.path.exists(model_dir):
+        raise UsageError(f"--model_dir {model_dir!r} does not exist.")
+    try:
+        return _load(model_dir)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from e
+
+
+def image_size_of(backbone, override: int | None) -> int:
+    """`override`, else the backbone's fixed input height, else 224."""
+    if override:
+        return override
+    shape = backbone.input_shape
+    return int(shape[1]) if shape[1] is not None else 224
+
+
+def _load_source(spec: str, split: str, data_dir: str | None = None):
+    from care_tf.data import load_source
+
+    return load_source(spec, split, data_dir=data_dir)
+
+
+def _make_eval_dataset(source, **kwargs):
+    from care_tf.data import make_eval_dataset
+
+    return make_eval_dataset(source, **kwargs)
+
+
+def load_split(
+    spec: str,
+    split: str,
+    *,
+    train: bool,
+    image_size: int,
+    batch_size: int,
+    limit: int | None = None,
+    data_dir: str | None = None,
+    require_labels: bool = True,
+):
+    """A labelled split as batches of `(images float32 normalised, labels int64)`.
+
+    Returns:
+        `(dataset, source, num_examples)`; `num_examples` is None when unknown.
+    """
+    try:
+        source = _load_source(spec, split, data_dir=data_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(f"--dataset {spec!r} (split {split!r}): {e}") from e
+    if require_labels and not source.labelled:
+        raise UsageError(
+            f"--dataset {spec!r} split {split!r} has no labels; linear and knn evaluation "
+            "need a labelled dataset (e.g. class sub-folders for folder:/path)."
+        )
+    dataset = _make_eval_dataset(
+        source, split=split, train=train, image_size=image_size, batch_size=batch_size
+    )
+    num_examples = source.num_examples
+    if limit:
+        dataset = dataset.unbatch().take(limit).batch(batch_size)
+        num_examples = min(limit, num_examples) if num_examples else None
+    return dataset, source, num_examples
+
+
+def default_out(model_dir: str, out: str | None) -> str:
+    """`--out`, else `MODEL_DIR/eval` (next to the `.keras` file if one was given)."""
+    if out:
+        return out
+    base = os.path.dirname(model_dir) if model_dir.endswith(".keras") else model_dir
+    return os.path.join(base, "eval")
+
+
+def _out_paths(out: str, stem: str) -> tuple[str, str]:
+    if out.endswith(".json"):
+        return out, out[: -len(".json")] + "_confusion.png"
+    return os.path.join(out, f"{stem}.json"), os.path.join(out, f"{stem}_confusion.png")
+
+
+# -------------------------------------------------------------------- commands
+def run_knn(args) -> dict:
+    """Weighted kNN of pooled features: train split = memory bank, eval split = queries."""
+    from care_tf.evaluate.features import extract_features
+    from care_tf.evaluate.knn import knn_scores
+    from care_tf.evaluate.report import classification_report, plot_confusion_matrix, write_json
+
+    start = time.time()
+    backbone = load_backbone(args.model_dir)
+    size = image_size_of(backbone, args.image_size)
+    common = dict(
+        image_size=size,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        data_dir=args.data_dir,
+        train=False,
+    )
+    train_ds, source, _ = load_split(args.dataset, args.train_split, **common)
+    eval_ds, _, _ = load_split(args.dataset, args.eval_split, **common)
+    progress = not args.quiet
+    train_x, train_y = extract_features(
+        backbone, train_ds, progress=progress, desc="train features"
+    )
+    eval_x, eval_y = extract_features(backbone, eval_ds, progress=progress, desc="eval features")
+    num_classes = source.num_classes or int(max(train_y.max(), eval_y.max())) + 1
+    scores = knn_scores(
+        train_x, train_y, eval_x, num_classes=num_classes, k=args.k, temperature=args.temperature
+    )
+    report = classification_report(scores, eval_y, source.class_names)
+    results = {
+        "protocol": "knn",
+        "model_dir": args.model_dir,
+        "dataset": args.dataset,
+        "train_split": args.train_split,
+        "eval_split": args.eval_split,
+        "num_train": int(len(train_y)),
+        "config": {
+            "k": args.k,
+            "temperature": args.temperature,
+            "image_size": size,
+            "feature": "pooled",
+            "limit": args.limit,
+        },
+        **report,
+        "seconds": round(time.time() - start, 1),
+    }
+    json_path, png_path = _out_paths(default_out(args.model_dir, args.out), "knn")
+    plot_confusion_matrix(
+        report["confusion_matrix"],
+        report["class_names"],
+        png_path,
+        title=f"kNN (k={args.k}) on {args.dataset}:{args.eval_split}",
+    )
+    write_json(results, json_path)
+    results["paths"] = {"json": json_path, "confusion_matrix": png_path}
+    return results
+
+
+def run_linear(args) -> dict:
+    """The METHOD.md linear probe, end to end or on extracted features."""
+    from care_tf.evaluate.features import extract_features
+    from care_tf.evaluate.linear import (
+        predict_scores,
+        probe_learning_rate,
+        train_linear_probe,
+        train_linear_probe_on_features,
+    )
+    from care_tf.evaluate.report import classification_report, plot_confusion_matrix, write_json
+
+    start = time.time()
+    backbone = load_backbone(args.model_dir)
+    size = image_size_of(backbone, args.image_size)
+    lr = args.lr if args.lr is not None else probe_learning_rate(args.batch_size)
+    common = dict(
+        image_size=size, batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir
+    )
+    eval_ds, source, _ = load_split(args.dataset, args.eval_split, train=False, **common)
+    progress = not args.quiet
+    verbose = 0 if args.quiet else "auto"
+    if args.extract_features:
+        train_ds, _, _ = load_split(args.dataset, args.train_split, train=False, **common)
+        train_x, train_y = extract_features(
+            backbone, train_ds, progress=progress, desc="train features"
+        )
+        eval_x, eval_y = extract_features(
+            backbone, eval_ds, progress=progress, desc="eval features"
+        )
+        num_classes = source.num_classes or int(max(train_y.max(), eval_y.max())) + 1
+        head, history = train_linear_probe_on_features(
+            train_x,
+            train_y,
+            num_classes=num_classes,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=lr,
+            seed=args.seed,
+            verbose=verbose,
+        )
+        scores, labels = predict_scores(head, (eval_x, eval_y))
+        num_train = len(train_y)
+    else:
+        if not source.num_classes:
+            raise UsageError(f"--dataset {args.dataset!r} does not tell its number of classes.")
+        num_classes = source.num_classes
+        train_ds, _, num_train = load_split(args.dataset, args.train_split, train=True, **common)
+        steps = math.ceil(num_train / args.batch_size) if num_train else None
+        classifier, history = train_linear_probe(
+            backbone,
+            train_ds,
+            num_classes=num_classes,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=lr,
+            steps_per_epoch=steps,
+            seed=args.seed,
+            verbose=verbose,
+        )
+        scores, labels = predict_scores(classifier, eval_ds)
+    report = classification_report(scores, labels, source.class_names)
+    results = {
+        "protocol": "linear",
+        "model_dir": args.model_dir,
+        "dataset": args.dataset,
+        "train_split": args.train_split,
+        "eval_split": args.eval_split,
+        "num_train": int(num_train) if num_train else None,
+        "config": {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": lr,
+            "extract_features": args.extract_features,
+            "image_size": size,
+            "seed": args.seed,
+            "limit": args.limit,
+        },
+        **report,
+        "history": {k: [float(v) for v in vals] for k, vals in history.items()},
+        "seconds": round(time.time() - start, 1),
+    }
+    json_path, png_path = _out_paths(default_out(args.model_dir, args.out), "linear")
+    plot_confusion_matrix(
+        report["confusion_matrix"],
+        report["class_names"],
+        png_path,
+        title=f"Linear probe on {args.dataset}:{args.eval_split}",
+    )
+    write_json(results, json_path)
+    results["paths"] = {"json": json_path, "confusion_matrix": png_path}
+    return results
+
+
+def run_attention(args) -> dict:
+    """Attention overlays of one or more backbones on the first N images of a split."""
+    from care_tf.evaluate.attention import attention_maps, save_attention_grid
+
+    names = args.name or []
+    if names and len(names) != len(args.model_dir):
+        raise UsageError(
+            f"Give one --name per --model_dir ({len(args.model_dir)}); got {len(names)}."
+        )
+    backbones = [load_backbone(d) for d in args.model_dir]
+    names = names or [os.path.basename(os.path.normpath(d)) for d in args.model_dir]
+    size = image_size_of(backbones[0], args.image_size)
+    dataset, source, _ = load_split(
+        args.dataset,
+        args.split,
+        train=False,
+        image_size=size,
+        batch_size=args.num_images,
+        limit=args.num_images,
+        data_dir=args.data_dir,
+        require_labels=False,
+    )
+    images, labels = next(iter(dataset))
+    images, labels = np.asarray(images), np.asarray(labels)
+    maps = {
+        name: attention_maps(b, images, method=args.method, feature_key=args.feature)
+        for name, b in zip(names, backbones, strict=True)
+    }
+    class_names = source.class_names
+    titles = [class_names[i] if class_names and 0 <= i < len(class_names) else "" for i in labels]
+    out = args.out or os.path.join(default_out(args.model_dir[-1], None), "attention.png")
+    save_attention_grid(images, maps, out, titles=titles)
+    return {
+        "protocol": "attention",
+        "method": args.method,
+        "feature": args.feature,
+        "models": dict(zip(names, args.model_dir, strict=True)),
+        "paths": {"png": out},
+    }
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m care_tf.evaluate",
+        description="Evaluate a pretrained CARE backbone: linear probe, kNN, attention maps.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{linear,knn,attention}")
+
+    def data_args(p, splits=True):
+        p.add_argument(
+            "--dataset",
+            required=True,
+            help="fashion_mnist | tfds:NAME | folder:/path | tfrecord:/glob",
+        )
+        p.add_argument(
+            "--data_dir",
+            default=None,
+            help="TFDS data dir or Fashion-MNIST IDX folder (default: built-in)",
+        )
+        if splits:
+            p.add_argument(
+                "--train_split",
+                default="train",
+                help="labelled split to train on / memory bank (default: train)",
+            )
+            p.add_argument(
+                "--eval_split", default="test", help="split to evaluate on (default: test)"
+            )
+        p.add_argument(
+            "--image_size",
+            type=int,
+            default=None,
+            help="input size in px (default: the backbone's input size, else 224)",
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def common(p):
+        p.add_argument(
+            "--model_dir",
+            required=True,
+            help="training run directory (with backbone.keras) or a .keras file",
+        )
+        data_args(p)
+        p.add_argument("--batch_size", type=int, default=256, help="batch size (default: 256)")
+        p.add_argument(
+            "--limit", type=int, default=None, help="use at most N examples per split (smoke runs)"
+        )
+        p.add_argument(
+            "--out", default=None, help="output directory or .json path (default: MODEL_DIR/eval/)"
+        )
+
+    linear = sub.add_parser(
+        "linear",
+        help="linear probe on the frozen backbone (METHOD.md)",
+        description="Linear probe: Dense + BN head on frozen pooled "
+        "features; SGD momentum 0.9, lr 0.2 x batch/256, cosine.",
+    )
+    common(linear)
+    linear.add_argument("--epochs", type=int, default=80, help="epochs (default: 80)")
+    linear.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default: 0.2 x batch_size / 256)",
+    )
+    linear.add_argument(
+        "--extract_features",
+        action="store_true",
+        help="extract centre-crop features once and train the head on them (fast; no augmentation)",
+    )
+    linear.add_argument("--seed", type=int, default=0, help="head init / shuffle seed")
+
+    knn = sub.add_parser(
+        "knn",
+        help="weighted kNN on L2-normalised pooled features",
+        description="Weighted kNN (InstDisc): cosine top-k neighbours "
+        "vote with weight exp(sim / T).",
+    )
+    common(knn)
+    knn.add_argument("--k", type=int, default=DEFAULT_K, help=f"neighbours (default: {DEFAULT_K})")
+    knn.add_argument(
+        "--temperature",
+        type=float,
+        default=DEFAULT_TEMPERATURE,
+        help=f"vote temperature (default: {DEFAULT_TEMPERATURE})",
+    )
+
+    attention = sub.add_parser(
+        "attention",
+        help="attention-map overlays comparing models",
+        description="Class-agnostic attention heatmaps (Grad-CAM on "
+        "the pooled feature, or channel mean), one column per model.",
+    )
+    attention.add_argument(
+        "--model_dir",
+        required=True,
+        action="append",
+        help="run directory or .keras file; repeat to compare models",
+    )
+    attention.add_argument(
+        "--name",
+        action="append",
+        default=None,
+        help="column title per --model_dir (default: directory names)",
+    )
+    data_args(attention, splits=False)
+    attention.add_argument("--split", default="test", help="split to take images from")
+    attention.add_argument("--num_images", type=int, default=8, help="rows (default: 8)")
+    attention.add_argument(
+        "--method",
+        choices=("gradcam", "mean"),
+        default="gradcam",
+        help="gradcam (default) or mean (channel mean)",
+    )
+    attention.add_argument(
+        "--feature", choices=("res5", "res4"), default="res5", help="feature map (default: res5)"
+    )
+    attention.add_argument(
+        "--out", default=None, help="PNG path (default: LAST_MODEL_DIR/eval/attention.png)"
+    )
+    return parser
+
+
+COMMANDS = {"linear": run_linear, "knn": run_knn, "attention": run_attention}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parses `argv`, runs the command, prints a summary; returns the results dict."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        results = COMMANDS[args.command](args)
+    except UsageError as e:
+        parser.exit(2, f"error: {e}\n")
+    if "top1" in results:
+        print(
+            f"{args.command}: top-1 {100 * results['top1']:.2f}%  "
+            f"top-5 {100 * results['top5']:.2f}%  ({results['num_examples']} examples)"
+        )
+    for name, path in results.get("paths", {}).items():
+        print(f"{name}: {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

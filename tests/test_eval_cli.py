@@ -1,0 +1,211 @@
+"""`python -m care_tf.evaluate` on a saved tiny backbone and real Fashion-MNIST images."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from care_tf import ResNetBackbone
+from care_tf.constants import IMAGENET_MEAN, IMAGENET_STD
+from care_tf.evaluate import __main__ as cli
+
+
+def _stand_in_eval_dataset(source, *, split, train, image_size, batch_size):
+    """Used only until `care_tf.data.make_eval_dataset` exists: centre-crop eval
+    preprocessing of a Source (no augmentation)."""
+    from care_tf.data.crop import resize_shorter_and_centre_crop
+
+    mean, std = tf.constant(IMAGENET_MEAN), tf.constant(IMAGENET_STD)
+
+    def prepare(example):
+        image = tf.cast(example["image"], tf.float32) / 255.0
+        image = resize_shorter_and_centre_crop(image, image_size, image_size * 256 // 224)
+        return (image - mean) / std, example["label"]
+
+    return source.as_dataset().map(prepare).batch(batch_size)
+
+
+@pytest.fixture(autouse=True)
+def data_api(monkeypatch):
+    try:
+        from care_tf.data import make_eval_dataset  # noqa: F401
+    except ImportError:
+        from care_tf.data.sources import load_source
+
+        monkeypatch.setattr(
+            cli,
+            "_load_source",
+            lambda s, split, data_dir=None: load_source(s, split, data_dir=data_dir),
+        )
+        monkeypatch.setattr(cli, "_make_eval_dataset", _stand_in_eval_dataset)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    dirs = []
+    for seed in (0, 1):
+        tf.keras.utils.set_random_seed(seed)
+        backbone = ResNetBackbone(depth=18, base_channels=8, stem="cifar", image_shape=(32, 32, 3))
+        path = tmp_path_factory.mktemp(f"run{seed}")
+        backbone.save(path / "backbone.keras")
+        dirs.append(str(path))
+    return dirs
+
+
+def test_knn_cli(model_dirs):
+    results = cli.main(
+        [
+            "knn",
+            "--model_dir",
+            model_dirs[0],
+            "--dataset",
+            "fashion_mnist",
+            "--limit",
+            "300",
+            "--k",
+            "20",
+            "--quiet",
+        ]
+    )
+    assert results["num_examples"] == 300 and results["num_train"] == 300
+    assert 0.2 < results["top1"] <= results["top5"] <= 1  # random conv features beat chance
+    path = os.path.join(model_dirs[0], "eval", "knn.json")
+    with open(path) as f:
+        saved = json.load(f)
+    assert saved["config"]["k"] == 20 and len(saved["per_class_accuracy"]) == 10
+    assert len(saved["class_names"]) == 10
+    assert os.path.getsize(os.path.join(model_dirs[0], "eval", "knn_confusion.png")) > 0
+
+
+def test_linear_cli_extracted_features(model_dirs, tmp_path):
+    out = str(tmp_path / "probe.json")
+    results = cli.main(
+        [
+            "linear",
+            "--model_dir",
+            model_dirs[0],
+            "--dataset",
+            "fashion_mnist",
+            "--limit",
+            "256",
+            "--epochs",
+            "3",
+            "--batch_size",
+            "64",
+            "--extract_features",
+            "--out",
+            out,
+            "--quiet",
+        ]
+    )
+    assert results["config"]["lr"] == pytest.approx(0.05)
+    assert len(results["history"]["loss"]) == 3
+    assert os.path.exists(out) and os.path.exists(str(tmp_path / "probe_confusion.png"))
+    assert 0 <= results["top1"] <= 1
+
+
+def test_linear_cli_end_to_end(model_dirs, tmp_path):
+    results = cli.main(
+        [
+            "linear",
+            "--model_dir",
+            model_dirs[0],
+            "--dataset",
+            "fashion_mnist",
+            "--limit",
+            "64",
+            "--epochs",
+            "1",
+            "--batch_size",
+            "32",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert results["num_examples"] == 64 and np.isfinite(results["history"]["loss"]).all()
+
+
+def test_attention_cli(model_dirs, tmp_path):
+    out = str(tmp_path / "grid.png")
+    results = cli.main(
+        [
+            "attention",
+            "--model_dir",
+            model_dirs[0],
+            "--model_dir",
+            model_dirs[1],
+            "--name",
+            "A",
+            "--name",
+            "B",
+            "--dataset",
+            "fashion_mnist",
+            "--num_images",
+            "3",
+            "--out",
+            out,
+        ]
+    )
+    assert results["models"] == {"A": model_dirs[0], "B": model_dirs[1]}
+    with open(out, "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["knn", "--model_dir", "/nonexistent/run", "--dataset", "fashion_mnist"],
+            "does not exist",
+        ),
+        (["knn", "--model_dir", "{tmp}", "--dataset", "fashion_mnist"], "backbone.keras"),
+        (["knn", "--model_dir", "{run}", "--dataset", "mnist:x"], "Unknown data source"),
+        (
+            [
+                "attention",
+                "--model_dir",
+                "{run}",
+                "--name",
+                "a",
+                "--name",
+                "b",
+                "--dataset",
+                "fashion_mnist",
+            ],
+            "one --name per",
+        ),
+    ],
+)
+def test_cli_errors(argv, message, model_dirs, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path, run=model_dirs[0]) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unlabelled_dataset_is_refused(model_dirs, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    from PIL import Image
+
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    with pytest.raises(SystemExit):
+        cli.main(
+            [
+                "knn",
+                "--model_dir",
+                model_dirs[0],
+                "--dataset",
+                f"folder:{folder}",
+                "--train_split",
+                "",
+                "--eval_split",
+                "",
+            ]
+        )
+    assert "no labels" in capsys.readouterr().err
