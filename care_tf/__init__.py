@@ -1,5 +1,6 @@
 """care_tf: CARE self-supervised pretraining (NeurIPS 2021) in Keras 3 / TensorFlow."""
 
+from care_tf.evaluate import KNNMonitor, OnlineLinearProbe, attention_maps, knn_evaluate
 from care_tf.models import (
     CARE,
     BoTBlock,
