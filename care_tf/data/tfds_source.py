@@ -1,0 +1,91 @@
+"""Any TFDS image dataset by name (`tfds:NAME`), e.g. cifar10, imagenet2012.
+
+ImageNet needs a manual download: put ILSVRC2012_img_train.tar and
+ILSVRC2012_img_val.tar in DATA_DIR/downloads/manual/ and run
+`tfds build imagenet2012 --data_dir DATA_DIR` once (see docs/data.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import tensorflow as tf
+
+from care_tf.data.decode import decode_dataset
+from care_tf.data.sources import Source
+
+
+@dataclasses.dataclass
+class TFDSSource(Source):
+    """A prepared TFDS dataset; images are decoded by us (bad records named by tfds_id)."""
+
+    builder: Any = dataclasses.field(default=None, repr=False)
+    image_key: str = "image"
+    label_key: str | None = "label"
+
+    def as_dataset(self, input_context=None, *, shuffle=False, seed=None, shuffle_buffer=10_000):
+        import tensorflow_datasets as tfds
+
+        read_config = tfds.ReadConfig(
+            input_context=input_context,  # file-level sharding across input pipelines
+            shuffle_seed=seed,
+            add_tfds_id=True,
+            interleave_cycle_length=16,
+        )
+        ds = self.builder.as_dataset(
+            split=self.split,
+            shuffle_files=shuffle,
+            read_config=read_config,
+            decoders={self.image_key: tfds.decode.SkipDecoding()},
+        )
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+        def triple(ex):
+            label = ex[self.label_key] if self.label_key else tf.constant(-1)
+            return ex["tfds_id"], ex[self.image_key], tf.cast(label, tf.int64)
+
+        ds = ds.map(triple, num_parallel_calls=tf.data.AUTOTUNE)
+        return decode_dataset(ds, skip_corrupt=self.skip_corrupt)
+
+
+def tfds_source(name: str, split: str = "train", data_dir: str | None = None) -> TFDSSource:
+    """Opens a prepared TFDS dataset (never downloads: run `tfds build NAME` first)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # unknown name: tfds lists close matches in its message
+        raise ValueError(f"Unknown TFDS dataset {name!r}: {e}") from e
+    info = builder.info
+    image_keys = [k for k, f in info.features.items() if isinstance(f, tfds.features.Image)]
+    if not image_keys:
+        raise ValueError(f"TFDS dataset {name!r} has no image feature: {info.features}")
+    image_key = "image" if "image" in image_keys else image_keys[0]
+    label_key = (
+        "label" if isinstance(info.features.get("label"), tfds.features.ClassLabel) else None
+    )
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; run "
+            f"`tfds build {name} --data_dir DATA_DIR` (ImageNet: see docs/data.md)"
+        )
+    try:
+        num_examples = info.splits[split].num_examples
+    except (KeyError, ValueError) as e:
+        raise ValueError(
+            f"TFDS dataset {name!r} has no split {split!r}; splits: {list(info.splits)}"
+        ) from e
+    label = info.features[label_key] if label_key else None
+    return TFDSSource(
+        name=f"tfds:{name}",
+        split=split,
+        files=[],
+        num_examples=num_examples,
+        num_classes=label.num_classes if label else None,
+        class_names=list(label.names) if label else None,
+        builder=builder,
+        image_key=image_key,
+        label_key=label_key,
+    )
