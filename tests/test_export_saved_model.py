@@ -175,3 +175,43 @@ def test_predict_requests_match_signatures(exported):
     assert len(check_request(wrong_name, sigs["serving_default"])) == 2
     wrong_rank = predict_request("serve_image_bytes", image_bytes=[[png]])
     assert "shape" in check_request(wrong_rank, sigs["serve_image_bytes"])[0]
+
+
+def _client(name):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "export", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"export_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_clients_build_valid_requests(exported, loaded, tmp_path):
+    """export/grpc_client.py and rest_client.py requests fit the exported signatures."""
+    import base64
+
+    from PIL import Image
+    from tensorflow.python.tools import saved_model_utils
+
+    sigs = saved_model_utils.get_meta_graph_def(exported["path"], "serve").signature_def
+    files = []
+    for i, image in enumerate(_images(2, 45, 38)):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image).save(files[-1])
+    grpc_client = _client("grpc_client")
+    for pixels in (False, True):
+        request = grpc_client.build_request(files, "care", pixels, version=1)
+        assert check_request(request, sigs[request.model_spec.signature_name]) == []
+    # REST: what TF Serving does with the JSON body (b64 -> bytes) gives the embedding.
+    rest = _client("rest_client")
+    body = rest.bytes_body(files)
+    encoded = [base64.b64decode(row["image_bytes"]["b64"]) for row in body["instances"]]
+    out = loaded.signatures[body["signature_name"]](image_bytes=tf.constant(encoded))
+    pixels = rest.pixels_body(files)
+    want = loaded.signatures[pixels["signature_name"]](
+        images=tf.constant(np.asarray(pixels["inputs"]["images"], np.uint8))
+    )
+    np.testing.assert_allclose(out["embedding"], want["embedding"], rtol=1e-5, atol=1e-6)
+    rows = {"predictions": out["embedding"].numpy().tolist()}
+    assert rest.parse_response(rows).shape == (2, 64)

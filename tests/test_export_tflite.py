@@ -56,6 +56,25 @@ def test_float32_matches_keras(run):
     with open(path[: -len(".tflite")] + ".json") as f:
         meta = json.load(f)
     assert meta["quantize"] == "float32" and meta["bytes"] == os.path.getsize(path)
+    _check_example_script(path, run)
+
+
+def _check_example_script(path, run):
+    """export/tflite_infer.py (Pillow preprocessing) gives about the Keras embedding."""
+    import importlib.util
+
+    from PIL import Image
+
+    script = os.path.join(os.path.dirname(__file__), "..", "export", "tflite_infer.py")
+    spec = importlib.util.spec_from_file_location("tflite_infer", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    files = sorted(os.listdir(run["calibration"]))[:4]
+    files = [os.path.join(run["calibration"], f) for f in files]
+    got = module.embed(path, files)
+    raw = [np.asarray(Image.open(f)) for f in files]
+    want = _keras(run, calibration.crops(raw, 32))
+    assert cosine(got, want)[1] >= 0.99
 
 
 def test_int8_on_real_images(run):

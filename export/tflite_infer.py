@@ -1,0 +1,83 @@
+"""Embed images with an exported CARE TFLite model (float32, float16, dynamic or int8).
+
+    python export/tflite_infer.py exported/tflite/care/1/care_int8.tflite cat.jpg dog.png
+
+Preprocessing is done here with Pillow, as an app would: resize the shorter side
+to image_size * 256 / 224 (bilinear), centre-crop image_size, RGB. The model
+normalises internally. It matches the SavedModel's in-graph resize closely but
+not bit for bit (Pillow's and TensorFlow's antialiasing filters differ).
+Runtime: `ai_edge_litert` when installed, else `tf.lite` from TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def load_interpreter(path: str):
+    """A LiteRT interpreter for `path` (ai_edge_litert, else tf.lite)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import warnings
+
+        import tensorflow as tf
+
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    return Interpreter(model_path=path)
+
+
+def eval_crop(path: str, size: int) -> np.ndarray:
+    """(size, size, 3) uint8: shorter side to size*256/224, centre crop, RGB."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        short = int(size * 256 / 224)
+        w, h = image.size
+        scale = short / min(w, h)
+        new = (max(short, round(w * scale)), max(short, round(h * scale)))
+        image = image.resize(new, Image.BILINEAR)
+        left, top = (new[0] - size) // 2, (new[1] - size) // 2
+        return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def to_input(pixels: np.ndarray, detail: dict) -> np.ndarray:
+    """uint8 pixels -> the model's input: float32 0..255, or quantised for int8 models."""
+    scale, zero = detail["quantization"]
+    if np.issubdtype(detail["dtype"], np.integer) and scale:
+        info = np.iinfo(detail["dtype"])
+        q = np.round(pixels.astype(np.float32) / scale + zero)
+        return np.clip(q, info.min, info.max).astype(detail["dtype"])
+    return pixels.astype(np.float32)
+
+
+def embed(model_path: str, image_paths: list[str]) -> np.ndarray:
+    """(N, C) float32 embeddings of the images, one batch through `serving_default`."""
+    runner = load_interpreter(model_path).get_signature_runner("serving_default")
+    detail = runner.get_input_details()["images"]
+    size = int(detail["shape_signature"][1])
+    pixels = np.stack([eval_crop(p, size) for p in image_paths])
+    return runner(images=to_input(pixels, detail))["embedding"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a .tflite file written by python -m care_tf.export")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--out", help="save the embeddings to this .npy file")
+    args = parser.parse_args(argv)
+    embeddings = embed(args.model, args.images)
+    for path, emb in zip(args.images, embeddings, strict=True):
+        print(f"{path}: |e|={np.linalg.norm(emb):.4f} e[:4]={np.round(emb[:4], 4).tolist()}")
+    if args.out:
+        np.save(args.out, embeddings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
