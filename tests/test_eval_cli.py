@@ -117,7 +117,7 @@ def test_linear_cli_end_to_end(model_dirs, tmp_path):
             "--limit",
             "64",
             "--epochs",
-            "1",
+            "2",
             "--batch_size",
             "32",
             "--out",
@@ -126,6 +126,7 @@ def test_linear_cli_end_to_end(model_dirs, tmp_path):
         ]
     )
     assert results["num_examples"] == 64 and np.isfinite(results["history"]["loss"]).all()
+    assert len(results["history"]["loss"]) == 2
 
 
 def test_attention_cli(model_dirs, tmp_path):

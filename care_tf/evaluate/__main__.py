@@ -408,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="column title per --model_dir (default: directory names)",
     )
     data_args(attention, splits=False)
-    attention.add_argument("--split", default="test", help="split to take images from")
+    attention.add_argument(
+        "--split", default="test", help="split to take images from (default: test)"
+    )
     attention.add_argument("--num_images", type=int, default=8, help="rows (default: 8)")
     attention.add_argument(
         "--method",

@@ -189,7 +189,8 @@ def train_linear_probe(
         epochs: int. Defaults to 80.
         batch_size: int. The dataset's batch size, used for the lr scaling rule.
         learning_rate: float. Peak lr; defaults to `0.2 * batch_size / 256`.
-        steps_per_epoch: int. Needed when `train_data` repeats forever.
+        steps_per_epoch: int. Steps per epoch; needed when the dataset's length is
+            unknown or infinite (a finite dataset is then repeated).
         seed: int. Head initialisation seed.
         verbose, callbacks: passed to `fit`.
         feature_key: str. Backbone output the head reads.
@@ -206,6 +207,7 @@ def train_linear_probe(
             .shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
             .batch(batch_size)
         )
+    fit_steps = steps_per_epoch
     if steps_per_epoch is None:
         steps_per_epoch = int(train_data.cardinality())
         if steps_per_epoch <= 0:
@@ -213,13 +215,17 @@ def train_linear_probe(
                 "Cannot tell the number of steps of `train_data` (infinite or unknown "
                 "cardinality): pass `steps_per_epoch`."
             )
+    elif int(train_data.cardinality()) != int(tf.data.INFINITE_CARDINALITY):
+        # Keras keeps one iterator across epochs when steps_per_epoch is set: repeat
+        # so a finite dataset never runs dry (an epoch is then steps_per_epoch steps).
+        train_data = train_data.repeat()
     classifier = LinearClassifier(backbone, make_linear_head(num_classes, seed=seed), feature_key)
     lr = probe_learning_rate(batch_size) if learning_rate is None else learning_rate
     _compile(classifier, lr, steps_per_epoch * epochs)
     history = classifier.fit(
         train_data,
         epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=fit_steps,
         verbose=verbose,
         callbacks=callbacks,
         shuffle=False,  # the dataset shuffles itself
