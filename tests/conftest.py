@@ -36,13 +36,10 @@ def _reset_keras_state():
 @pytest.fixture(scope="session")
 def fmnist_small():
     """A few hundred real Fashion-MNIST training images (uint8, N x 28 x 28) and labels."""
-    import gzip
+    from care_tf.data import load_fashion_mnist
 
-    path = os.path.join(FMNIST_DIR, "train-images-idx3-ubyte.gz")
-    if not os.path.exists(path):
+    try:
+        images, labels = load_fashion_mnist("train")
+    except FileNotFoundError:
         pytest.skip(f"Fashion-MNIST not found at {FMNIST_DIR} (run `make data`)")
-    with gzip.open(path, "rb") as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(os.path.join(FMNIST_DIR, "train-labels-idx1-ubyte.gz"), "rb") as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8)
-    return images[:512].copy(), labels[:512].copy()
+    return np.array(images[:512]), np.array(labels[:512])

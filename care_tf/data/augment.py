@@ -135,7 +135,7 @@ def color_jitter(
     if per_element:
         ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
         for position in range(4):
-            branches = [(lambda op=op, i=i: op(x, factors[:, i])) for i, op in enumerate(ops)]
+            branches = [(lambda op=op, i=i, x=x: op(x, factors[:, i])) for i, op in enumerate(ops)]
             x = tf.switch_case(order[0, position], branches)
         return x
     hue_at = tf.argmax(tf.cast(tf.equal(order, 3), tf.int32), axis=1, output_type=tf.int32)

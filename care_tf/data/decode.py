@@ -108,5 +108,7 @@ def decode_dataset(
             with tf.control_dependencies([assertion]):
                 return tf.identity(image), label
 
-        return ds.map(lambda n, i, y, ok: dict(zip(("image", "label"), check(n, i, y, ok))))
+        return ds.map(
+            lambda n, i, y, ok: dict(zip(("image", "label"), check(n, i, y, ok), strict=True))
+        )
     return ds.map(lambda n, image, label, ok: {"image": image, "label": label})

@@ -20,7 +20,7 @@ class FolderSource(Source):
     labels: list[int] = dataclasses.field(default_factory=list, repr=False)
 
     def as_dataset(self, input_context=None, *, shuffle=False, seed=None, shuffle_buffer=10_000):
-        pairs = list(zip(self.files, self.labels))
+        pairs = list(zip(self.files, self.labels, strict=True))
         if input_context is not None and input_context.num_input_pipelines > 1:
             # File-level sharding: each input pipeline reads its own files.
             n, i = input_context.num_input_pipelines, input_context.input_pipeline_id

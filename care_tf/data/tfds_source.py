@@ -33,12 +33,19 @@ class TFDSSource(Source):
             add_tfds_id=True,
             interleave_cycle_length=16,
         )
-        ds = self.builder.as_dataset(
-            split=self.split,
-            shuffle_files=shuffle,
-            read_config=read_config,
-            decoders={self.image_key: tfds.decode.SkipDecoding()},
-        )
+        try:
+            ds = self.builder.as_dataset(
+                split=self.split,
+                shuffle_files=shuffle,
+                read_config=read_config,
+                decoders={self.image_key: tfds.decode.SkipDecoding()},
+            )
+        except AssertionError as e:  # tfds: "Dataset ...: could not find data in ..."
+            raise FileNotFoundError(
+                f"TFDS dataset {self.name!r} is not prepared in {self.builder.data_dir}; run "
+                "`tfds build NAME --data_dir DATA_DIR` first (ImageNet: see docs/data.md). "
+                f"({e})"
+            ) from e
         if shuffle:
             ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
@@ -64,19 +71,20 @@ def tfds_source(name: str, split: str = "train", data_dir: str | None = None) ->
         raise ValueError(f"TFDS dataset {name!r} has no image feature: {info.features}")
     image_key = "image" if "image" in image_keys else image_keys[0]
     label_key = (
-        "label" if isinstance(info.features.get("label"), tfds.features.ClassLabel) else None
+        "label"
+        if "label" in info.features.keys()
+        and isinstance(info.features["label"], tfds.features.ClassLabel)
+        else None
     )
-    if not builder.is_prepared():
-        raise FileNotFoundError(
-            f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; run "
-            f"`tfds build {name} --data_dir DATA_DIR` (ImageNet: see docs/data.md)"
-        )
-    try:
-        num_examples = info.splits[split].num_examples
-    except (KeyError, ValueError) as e:
-        raise ValueError(
-            f"TFDS dataset {name!r} has no split {split!r}; splits: {list(info.splits)}"
-        ) from e
+    known = list(info.splits.keys()) if info.splits else []
+    num_examples = None
+    if known:  # a prepared dataset; split expressions like "train[:10%]" are resolved
+        try:
+            num_examples = int(info.splits[split].num_examples)
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(
+                f"TFDS dataset {name!r} has no split {split!r}; splits: {known}"
+            ) from e
     label = info.features[label_key] if label_key else None
     return TFDSSource(
         name=f"tfds:{name}",
