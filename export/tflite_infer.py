@@ -3,7 +3,7 @@
     python export/tflite_infer.py exported/tflite/care/1/care_int8.tflite cat.jpg dog.png
 
 Preprocessing is done here with Pillow, as an app would: resize the shorter side
-to image_size * 256 / 224 (bilinear), centre-crop image_size, RGB. The model
+to image_size * 256 / 224, rounded (bilinear), centre-crop image_size, RGB. The model
 normalises internally. It matches the SavedModel's in-graph resize closely but
 not bit for bit (Pillow's and TensorFlow's antialiasing filters differ).
 Runtime: `ai_edge_litert` when installed, else `tf.lite` from TensorFlow.
@@ -37,7 +37,7 @@ def eval_crop(path: str, size: int) -> np.ndarray:
 
     with Image.open(path) as image:
         image = image.convert("RGB")
-        short = int(size * 256 / 224)
+        short = int(size * 256 / 224 + 0.5)
         w, h = image.size
         scale = short / min(w, h)
         new = (max(short, round(w * scale)), max(short, round(h * scale)))

@@ -58,7 +58,7 @@ def test_layout_and_assets(exported):
     assert meta["training_step"] == 321
     assert meta["care_tf_version"]
     assert meta["preprocessing"]["image_size"] == 32
-    assert meta["preprocessing"]["resize_size"] == 36
+    assert meta["preprocessing"]["resize_size"] == 37
     assert meta["backbone"]["outputs"]["embedding"] == [64]
     with open(os.path.join(path, "assets", "config.yaml")) as f:
         assert "resnet18" in f.read()
@@ -215,3 +215,15 @@ def test_clients_build_valid_requests(exported, loaded, tmp_path):
     np.testing.assert_allclose(out["embedding"], want["embedding"], rtol=1e-5, atol=1e-6)
     rows = {"predictions": out["embedding"].numpy().tolist()}
     assert rest.parse_response(rows).shape == (2, 64)
+
+
+def test_serving_crop_is_the_evaluation_crop():
+    """The in-graph preprocessing equals the evaluation pipeline's centre crop."""
+    from care_tf.data.crop import resize_shorter_and_centre_crop
+    from care_tf.data.eval_pipeline import eval_resize
+
+    for shape in ((41, 37, 3), (28, 28, 3), (300, 200, 3)):
+        image = _images(1, *shape)[0]
+        want = resize_shorter_and_centre_crop(tf.constant(image), 32, eval_resize(32))
+        got = preprocess.crop_pixels(tf.constant(image[None]), 32)[0]
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-3)

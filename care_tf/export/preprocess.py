@@ -1,7 +1,8 @@
 """Preprocessing that runs inside exported graphs, so clients send raw pixels.
 
 The evaluation protocol: resize the shorter side to `resize_size(image_size)`
-(`image_size * 256 / 224`, bilinear with antialiasing), centre-crop
+(`image_size * 256 / 224` rounded, bilinear with antialiasing, as
+`care_tf.data.eval_pipeline`), centre-crop
 `image_size x image_size`, scale to [0, 1] and normalise with the ImageNet
 mean/std. Grayscale (1-channel) images are repeated to 3 channels.
 """
@@ -12,14 +13,15 @@ import tensorflow as tf
 
 from care_tf.constants import IMAGENET_MEAN, IMAGENET_STD
 
-RESIZE_RATIO = 256 / 224
 RESIZE_METHOD = "bilinear"
 ANTIALIAS = True
 
 
 def resize_size(image_size: int) -> int:
-    """Shorter-side size before the centre crop: `int(image_size * 256 / 224)` (224 -> 256)."""
-    return int(image_size * RESIZE_RATIO)
+    """Shorter side before the centre crop, as evaluation uses (224 -> 256, 32 -> 37)."""
+    from care_tf.data.eval_pipeline import eval_resize
+
+    return eval_resize(image_size)
 
 
 def to_rgb(images: tf.Tensor) -> tf.Tensor:
