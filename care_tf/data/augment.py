@@ -24,8 +24,9 @@ JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 
 
 def blur_kernel_size(image_size: int) -> int:
-    """Odd Gaussian kernel side, about 10% of the image side (23 at 224 px, 3 at 32 px)."""
-    return 2 * int(0.1 * image_size / 2) + 1
+    """Odd Gaussian kernel side, about 10% of the image side (23 at 224 px, 3 at 32 px),
+    at least 3."""
+    return max(3, 2 * int(0.1 * image_size / 2) + 1)
 
 
 # --- colour ops on float images in [0, 1]; per-image factors have shape (B,) -------------
@@ -412,8 +413,9 @@ class TwoViewAugment(keras.layers.Layer):
                 were resized to H x W: crops are then drawn in the original geometry.
         """
         if step is None:
-            step = self.step.value
-            self.step.assign_add(1)
+            step = tf.identity(self.step.value)
+            with tf.control_dependencies([step]):
+                self.step.assign_add(1)
         return self.augment(images, self.seed_for(step), image_sizes)
 
     def compute_output_shape(self, input_shape):
