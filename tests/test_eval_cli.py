@@ -1,4 +1,5 @@
-"""`python -m care_tf.evaluate` on a saved tiny backbone and real Fashion-MNIST images."""
+"""`python -m care_tf.evaluate` on saved tiny backbones and real Fashion-MNIST images
+(through `care_tf.data.make_eval_dataset`)."""
 
 import json
 import os
@@ -8,38 +9,7 @@ import pytest
 import tensorflow as tf
 
 from care_tf import ResNetBackbone
-from care_tf.constants import IMAGENET_MEAN, IMAGENET_STD
 from care_tf.evaluate import __main__ as cli
-
-
-def _stand_in_eval_dataset(source, *, split, train, image_size, batch_size):
-    """Used only until `care_tf.data.make_eval_dataset` exists: centre-crop eval
-    preprocessing of a Source (no augmentation)."""
-    from care_tf.data.crop import resize_shorter_and_centre_crop
-
-    mean, std = tf.constant(IMAGENET_MEAN), tf.constant(IMAGENET_STD)
-
-    def prepare(example):
-        image = tf.cast(example["image"], tf.float32) / 255.0
-        image = resize_shorter_and_centre_crop(image, image_size, image_size * 256 // 224)
-        return (image - mean) / std, example["label"]
-
-    return source.as_dataset().map(prepare).batch(batch_size)
-
-
-@pytest.fixture(autouse=True)
-def data_api(monkeypatch):
-    try:
-        from care_tf.data import make_eval_dataset  # noqa: F401
-    except ImportError:
-        from care_tf.data.sources import load_source
-
-        monkeypatch.setattr(
-            cli,
-            "_load_source",
-            lambda s, split, data_dir=None: load_source(s, split, data_dir=data_dir),
-        )
-        monkeypatch.setattr(cli, "_make_eval_dataset", _stand_in_eval_dataset)
 
 
 @pytest.fixture(scope="module")

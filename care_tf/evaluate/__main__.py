@@ -14,7 +14,6 @@ Results go to `--out` (default `MODEL_DIR/eval/`): `linear.json` or `knn.json`,
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -71,8 +70,12 @@ def load_split(
     limit: int | None = None,
     data_dir: str | None = None,
     require_labels: bool = True,
+    seed: int | None = None,
 ):
     """A labelled split as batches of `(images float32 normalised, labels int64)`.
+
+    With `limit`, the first `limit` examples the pipeline yields are kept (for
+    `train=True` the pipeline shuffles, so a different subset each epoch).
 
     Returns:
         `(dataset, source, num_examples)`; `num_examples` is None when unknown.
@@ -87,7 +90,7 @@ def load_split(
             "need a labelled dataset (e.g. class sub-folders for folder:/path)."
         )
     dataset = _make_eval_dataset(
-        source, split=split, train=train, image_size=image_size, batch_size=batch_size
+        source, split=split, train=train, image_size=image_size, batch_size=batch_size, seed=seed
     )
     num_examples = source.num_examples
     if limit:
@@ -214,8 +217,11 @@ def run_linear(args) -> dict:
         if not source.num_classes:
             raise UsageError(f"--dataset {args.dataset!r} does not tell its number of classes.")
         num_classes = source.num_classes
-        train_ds, _, num_train = load_split(args.dataset, args.train_split, train=True, **common)
-        steps = math.ceil(num_train / args.batch_size) if num_train else None
+        train_ds, _, num_train = load_split(
+            args.dataset, args.train_split, train=True, seed=args.seed, **common
+        )
+        # The augmented pipeline drops the last partial batch.
+        steps = max(1, num_train // args.batch_size) if num_train else None
         classifier, history = train_linear_probe(
             backbone,
             train_ds,
