@@ -19,6 +19,7 @@ import sys
 import time
 
 import numpy as np
+import tensorflow as tf
 
 from care_tf.evaluate.knn import DEFAULT_K, DEFAULT_TEMPERATURE
 
@@ -96,6 +97,10 @@ def load_split(
     if limit:
         dataset = dataset.unbatch().take(limit).batch(batch_size)
         num_examples = min(limit, num_examples) if num_examples else None
+        if num_examples and not train:  # a known length gives progress bars a total
+            dataset = dataset.apply(
+                tf.data.experimental.assert_cardinality(-(-num_examples // batch_size))
+            )
     return dataset, source, num_examples
 
 
