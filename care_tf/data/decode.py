@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import tensorflow as tf
 
 # A JPEG whose last bytes hold no end-of-image marker (FF D9) was cut short; TF's decoder
@@ -86,7 +88,7 @@ def decode_dataset(
                     "-",
                     skipped,
                     "skipped so far",
-                    output_stream="file://stderr",
+                    output_stream=sys.stderr,
                 )
                 return tf.constant(0, tf.int64)
 
