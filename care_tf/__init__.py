@@ -15,3 +15,4 @@ from care_tf.models import (
     register_backbone,
 )
 from care_tf.version import __version__
+from care_tf.train import LARS, WarmupCosine

@@ -1,0 +1,469 @@
+"""The training loop behind `python -m care_tf.train`: build, restore, step, log, save.
+
+One tf.data iterator per worker yields that worker's share of the global batch;
+the compiled step takes the next batch, slices it per local replica and runs
+`CARE.train_step` on each replica under the strategy. The iterator is a plain
+`tf.data.Iterator`, so it is checkpointed with the model and optimizer
+(distributed iterators are not checkpointable), and a resumed run continues at
+the same step with the same data, learning rate, momentum and optimizer state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from care_tf import model_dir as layout
+from care_tf.train.callbacks import (
+    CSVLog,
+    NonFiniteLossError,
+    ProgressBar,
+    TensorBoardWriter,
+    Throughput,
+    check_finite,
+)
+from care_tf.train.checkpoint import TrainCheckpoint
+from care_tf.train.config import (
+    Config,
+    ConfigError,
+    Derived,
+    derive,
+    dump_yaml,
+    resolved_dict,
+)
+from care_tf.train.optimizers import build_optimizer, model_weight_decay
+from care_tf.train.schedules import WarmupCosine
+from care_tf.train.strategy import WorkerInfo, check_global_batch, worker_info
+
+TRAIN_STATE = "train_state.json"
+# Keys that may change between a run and its resumption (they do not alter the maths).
+RESUMABLE_CHANGES = (
+    "checkpoint.",
+    "monitor.",
+    "train.log_every_steps",
+    "train.strategy",
+    "train.num_cpu_replicas",
+    "name",
+)
+
+
+# ------------------------------------------------------------------- helpers
+def load_train_source(cfg: Config):
+    """The training Source of `cfg.data`, cut to `max_examples` when set."""
+    from care_tf.data import load_source
+
+    try:
+        source = load_source(cfg.data.source, cfg.data.split, skip_corrupt=cfg.data.skip_corrupt)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"Config key 'data.source' ({cfg.data.source!r}): {e}") from e
+    n = cfg.data.max_examples
+    if n is not None:
+        images = getattr(source, "images", None)
+        if images is None:
+            raise ConfigError(
+                "Config key 'data.max_examples' works with in-memory sources (fashion_mnist); "
+                f"{cfg.data.source!r} is read from files: use a split expression instead."
+            )
+        source = dataclasses.replace(
+            source, images=images[:n], labels=source.labels[:n], num_examples=min(n, len(images))
+        )
+    return source
+
+
+def num_examples_of(cfg: Config, source) -> int:
+    n = cfg.data.num_examples or source.num_examples
+    if not n:
+        raise ConfigError(
+            f"The size of {cfg.data.source!r} is unknown: set data.num_examples "
+            "(examples per epoch)."
+        )
+    return int(n)
+
+
+def build_model(cfg: Config, derived: Derived):
+    """The compiled CARE model of `cfg` (call inside `strategy.scope()`).
+
+    Returns:
+        (model, schedule): the schedule gives the lr of any step.
+    """
+    from care_tf import CARE
+
+    m = cfg.model
+    backbone_kwargs = dict(m.backbone_kwargs)
+    if m.base_channels is not None:
+        backbone_kwargs["base_channels"] = m.base_channels
+    augmenter = None
+    if cfg.data.placement == "device":
+        from care_tf.data import TwoViewAugment
+
+        augmenter = TwoViewAugment(m.image_size, seed=cfg.train.seed)
+    model = CARE.from_preset(
+        m.backbone,
+        m.image_size,
+        stem=m.stem,
+        sync_bn=m.sync_bn,
+        backbone_kwargs=backbone_kwargs,
+        transformer_kwargs=dict(m.transformer_kwargs) if m.t_stream else None,
+        hidden_dim=m.hidden_dim,
+        projection_dim=m.projection_dim,
+        lambda_att=m.lambda_att,
+        base_momentum=m.base_momentum,
+        total_steps=derived.total_steps,  # the momentum schedule spans the whole run
+        t_stream=m.t_stream,
+        weight_decay=model_weight_decay(cfg.optimizer),
+        augmenter=augmenter,
+    )
+    s = cfg.schedule
+    schedule = WarmupCosine(
+        derived.peak_lr,
+        derived.total_steps,
+        derived.warmup_steps,
+        warmup_start_lr=s.warmup_start_lr,
+        end_lr=s.end_lr,
+    )
+    optimizer = build_optimizer(cfg.optimizer, schedule, model.trainable_weights)
+    model.compile(optimizer=optimizer)
+    model.optimizer.build(model.trainable_weights)
+    return model, schedule
+
+
+def make_dataset(cfg: Config, source, worker: WorkerInfo) -> tf.data.Dataset:
+    """This worker's stream of batches of global_batch / num_workers examples."""
+    from care_tf.data import make_pretrain_dataset
+
+    context = tf.distribute.InputContext(
+        num_input_pipelines=worker.num_workers,
+        input_pipeline_id=worker.task_id,
+        num_replicas_in_sync=worker.num_workers,  # one batch per worker, sliced per replica
+    )
+    return make_pretrain_dataset(
+        source,
+        batch_size=cfg.train.global_batch_size,
+        image_size=cfg.model.image_size,
+        seed=cfg.train.seed,
+        placement=cfg.data.placement,
+        input_context=context,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        cache=cfg.data.cache,
+        skip_corrupt=cfg.data.skip_corrupt,
+        split=cfg.data.split,
+    )
+
+
+def make_step_function(model: keras.Model, strategy: tf.distribute.Strategy):
+    """A compiled `step(iterator) -> logs`: next worker batch, split over local replicas."""
+    from keras.src.backend.tensorflow.trainer import reduce_per_replica
+
+    local = strategy.num_replicas_in_sync // max(
+        getattr(strategy.extended, "_num_workers", 1) or 1, 1
+    )
+
+    def replica_step(batch):
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group % local
+
+        def part(t):
+            size = tf.shape(t)[0] // local
+            return t[replica * size : (replica + 1) * size]
+
+        return model.train_step(tf.nest.map_structure(part, batch))
+
+    @tf.function
+    def step(iterator):
+        batch = next(iterator)
+        logs = strategy.run(replica_step, args=(batch,))
+        return reduce_per_replica(logs, strategy, reduction="auto")
+
+    return step
+
+
+def weights_digest(variables) -> str:
+    """sha256 of the variables' bytes, in order (identical weights <=> identical digest)."""
+    h = hashlib.sha256()
+    for v in variables:
+        h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(v)).tobytes())
+    return h.hexdigest()
+
+
+def read_train_state(model_dir: str) -> dict:
+    path = layout.path(model_dir, TRAIN_STATE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("backbone_kwargs", "transformer_kwargs"):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_config(saved: dict, cfg: Config) -> None:
+    """A ConfigError naming the keys that differ from the run being resumed."""
+    if not saved:
+        return
+    old = _flatten({k: v for k, v in saved.items() if k != "derived"})
+    new = _flatten(cfg.to_dict())
+    changed = [
+        k
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)
+    ]
+    if changed:
+        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ConfigError(
+            f"--resume with a config that changes the run ({diffs}). Resume with the run's own "
+            "config (omit --config) or train into a new --model_dir."
+        )
+
+
+# ---------------------------------------------------------------------- run
+@dataclasses.dataclass
+class RunResult:
+    """What a run ended with."""
+
+    step: int
+    epoch: int
+    total_steps: int
+    complete: bool
+    lr: float
+    momentum: float
+    logs: dict
+
+
+def run(
+    cfg: Config,
+    strategy: tf.distribute.Strategy,
+    model_dir: str,
+    *,
+    max_steps: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Trains `cfg` under `strategy` into `model_dir` (see the module docstring).
+
+    Args:
+        cfg: validated config.
+        strategy: the tf.distribute strategy (created before any tensor).
+        model_dir: run directory; created if missing.
+        max_steps: stop at this global step (smoke runs); the schedules still span
+            the full run.
+        resume: continue from the newest checkpoint in `model_dir`.
+        progress: show the progress bar (chief only).
+
+    Raises:
+        ConfigError / StrategyError: bad config or setup, before training.
+        NonFiniteLossError: the loss became NaN/Inf; the last good checkpoint is kept.
+    """
+    worker = worker_info(strategy)
+    check_global_batch(cfg.train.global_batch_size, strategy)
+    if cfg.train.global_batch_size % worker.num_workers:
+        raise ConfigError(
+            f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by the "
+            f"{worker.num_workers} workers."
+        )
+    if cfg.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(cfg.train.seed)
+    keras.mixed_precision.set_global_policy(cfg.train.precision)
+
+    source = load_train_source(cfg)
+    derived = derive(cfg, num_examples_of(cfg, source))
+
+    ckpt_dir = layout.path(model_dir, layout.CHECKPOINTS)
+    has_checkpoint = tf.train.latest_checkpoint(ckpt_dir) is not None
+    if has_checkpoint and not resume:
+        raise ConfigError(
+            f"{model_dir} already holds checkpoints of a run: pass --resume to continue it, "
+            "or choose another --model_dir."
+        )
+    if resume and has_checkpoint:
+        check_resume_config(layout.read_config(model_dir), cfg)
+    if worker.is_chief:
+        os.makedirs(model_dir, exist_ok=True)
+        with open(layout.path(model_dir, layout.CONFIG), "w") as f:
+            f.write(dump_yaml(resolved_dict(cfg, derived)))
+
+    with strategy.scope():
+        model, schedule = build_model(cfg, derived)
+    iterator = iter(make_dataset(cfg, source, worker))
+    checkpoint = TrainCheckpoint(
+        model_dir,
+        model,
+        iterator if cfg.checkpoint.save_data_iterator else None,
+        worker=worker,
+        keep=cfg.checkpoint.keep,
+    )
+    start = 0
+    if resume:
+        start = checkpoint.restore_latest() or 0
+        if int(model.steps.numpy()) != start:
+            found = int(model.steps.numpy())
+            raise RuntimeError(f"Checkpoint step {start} does not match the model's step {found}.")
+    last_saved = start if resume and start else None
+
+    total = derived.total_steps
+    end = total if max_steps is None else min(max_steps, total)
+    spe = derived.steps_per_epoch
+    step_fn = make_step_function(model, strategy)
+
+    chief = worker.is_chief
+    bar = ProgressBar(total, start, enabled=progress and chief)
+    tb = (
+        TensorBoardWriter(os.path.join(layout.path(model_dir, layout.LOGS), "train"))
+        if chief
+        else None
+    )
+    csv_log = CSVLog(layout.path(model_dir, layout.METRICS_CSV)) if chief else None
+    callbacks = keras.callbacks.CallbackList(
+        make_monitors(cfg, model_dir) if chief else [],
+        model=model,
+        epochs=-(-total // spe),
+        steps=spe,
+    )
+    throughput = Throughput(cfg.train.global_batch_size)
+    if start >= end:
+        bar.write(f"Nothing to do: the run is at step {start} (end {end}).")
+    else:
+        bar.write(
+            f"{cfg.name}: {'resuming at' if start else 'starting'} step {start} of {total} "
+            f"({spe} steps/epoch, {strategy.num_replicas_in_sync} replicas, "
+            f"global batch {cfg.train.global_batch_size}, peak lr {derived.peak_lr:g})"
+        )
+        callbacks.on_train_begin()
+
+    step = start
+    logs: dict = {}
+    while step < end:
+        epoch = step // spe
+        if step % spe == 0 or step == start:
+            for metric in model.metrics:
+                metric.reset_state()
+            callbacks.on_epoch_begin(epoch)
+        lr = schedule.value(step)
+        callbacks.on_train_batch_begin(step % spe)
+        out = step_fn(iterator)
+        logs = {k: float(v) for k, v in out.items()}
+        step += 1
+        check_finite(logs, step, last_saved, ckpt_dir)
+        throughput.step()
+        logs["lr"] = lr
+        logs["images_per_sec"] = throughput.images_per_sec
+        callbacks.on_train_batch_end(step % spe, logs)
+        epoch_end = step % spe == 0
+        if step % cfg.train.log_every_steps == 0 or epoch_end or step == end:
+            bar.update(0, logs, epoch)
+            if tb is not None:
+                tb.write(logs, step)
+        bar.update(1)
+
+        if (
+            (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0)
+            or (epoch_end and cfg.checkpoint.every_epoch)
+            or step == end
+        ):
+            checkpoint.save(step)
+            last_saved = step
+        if epoch_end or step == end:
+            epoch_logs = dict(logs)
+            callbacks.on_epoch_end(epoch, epoch_logs)
+            if csv_log is not None:
+                csv_log.write({"epoch": epoch + 1, "step": step, **epoch_logs})
+            if tb is not None:
+                extra = {k: v for k, v in epoch_logs.items() if k not in logs}
+                if extra:
+                    tb.write(extra, step, prefix="monitor/")
+    bar.close()
+    if start < end:
+        callbacks.on_train_end(logs)
+
+    result = RunResult(
+        step=step,
+        epoch=step // spe,
+        total_steps=total,
+        complete=step >= total,
+        lr=schedule.value(min(step, total)),
+        momentum=float(model.momentum()),
+        logs=logs,
+    )
+    finish(model, model_dir, result, worker)
+    if tb is not None:
+        tb.close()
+    return result
+
+
+def make_monitors(cfg: Config, model_dir: str) -> list:
+    """The online kNN / linear-probe callbacks asked for in `cfg.monitor` (may be [])."""
+    mon = cfg.monitor
+    if not mon.knn_every_epochs and not mon.linear_probe:
+        return []
+    from care_tf.evaluate.__main__ import load_split
+    from care_tf.evaluate.monitors import KNNMonitor, OnlineLinearProbe
+
+    spec = mon.source or cfg.data.source
+    size = cfg.model.image_size
+    train, source, _ = load_split(
+        spec, "train", train=False, image_size=size, batch_size=256, limit=mon.train_examples
+    )
+    val, _, _ = load_split(
+        spec, mon.val_split, train=False, image_size=size, batch_size=256, limit=mon.val_examples
+    )
+    log_dir = os.path.join(layout.path(model_dir, layout.LOGS), "monitor")
+    monitors = []
+    if mon.knn_every_epochs:
+        monitors.append(
+            KNNMonitor(
+                train,
+                val,
+                every_n_epochs=mon.knn_every_epochs,
+                num_classes=source.num_classes,
+                log_dir=log_dir,
+            )
+        )
+    if mon.linear_probe:
+        monitors.append(
+            OnlineLinearProbe(train, val, num_classes=source.num_classes, log_dir=log_dir)
+        )
+    return monitors
+
+
+def finish(model: keras.Model, model_dir: str, result: RunResult, worker: WorkerInfo) -> None:
+    """Writes the final model, the backbone alone and `train_state.json` (chief)."""
+    target = [w for layer in model.target_layers for w in layer.weights]
+    state = {
+        "step": result.step,
+        "epoch": result.epoch,
+        "total_steps": result.total_steps,
+        "complete": result.complete,
+        "lr": result.lr,
+        "momentum": result.momentum,
+        "loss": result.logs.get("loss"),
+        "online_sha256": weights_digest(model.trainable_weights),
+        "target_sha256": weights_digest(target),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if worker.is_chief:
+        out_dir = model_dir
+        model.save(layout.path(model_dir, layout.MODEL))
+        model.backbone.save(layout.path(model_dir, layout.BACKBONE))
+    else:  # non-chief workers only report their state, for checks
+        out_dir = os.path.join(
+            layout.path(model_dir, layout.CHECKPOINTS), "workers", f"worker-{worker.task_id}"
+        )
+        os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, TRAIN_STATE), "w") as f:
+        json.dump(state, f, indent=2)
+
+
+__all__ = ["run", "RunResult", "NonFiniteLossError", "read_train_state", "build_model"]
