@@ -1,10 +1,10 @@
 """TwoViewAugment: draw statistics, pixels matching the draws, seeds, real photos, Keras."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras
 from care_tf.constants import IMAGENET_MEAN, IMAGENET_STD
 from care_tf.data import TwoViewAugment
 from care_tf.data.augment import adjust_hue, blur_kernel_size, color_jitter, gaussian_blur
