@@ -28,14 +28,18 @@ def decode_rgb(data: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def _try_decode(name: tf.Tensor, data: tf.Tensor, label: tf.Tensor) -> tf.data.Dataset:
-    """One-element dataset: (name, image, label, ok) with ok=False when `data` is unreadable."""
-    good = (
-        tf.data.Dataset.from_tensors((name, data, label))
-        .filter(lambda n, d, y: _jpeg_complete(d))
-        .map(lambda n, d, y: (n, decode_rgb(d), y, tf.constant(True)))
-        .ignore_errors()
-    )
+def _try_decode(name: tf.Tensor, data: tf.Tensor, label: tf.Tensor, read: bool):
+    """One-element dataset: (name, image, label, ok) with ok=False when `data` (or the
+    file it names, if `read`) is unreadable."""
+
+    def decode(name, data, label):
+        if read:
+            data = tf.io.read_file(data)
+        check = tf.debugging.Assert(_jpeg_complete(data), ["truncated JPEG"])
+        with tf.control_dependencies([check]):
+            return name, decode_rgb(data), label, tf.constant(True)
+
+    good = tf.data.Dataset.from_tensors((name, data, label)).map(decode).ignore_errors()
     bad = tf.data.Dataset.from_tensors((name, tf.zeros([0, 0, 3], tf.uint8), label, False))
     return good.concatenate(bad).take(1)
 
@@ -56,22 +60,7 @@ def decode_dataset(
     Returns:
         tf.data.Dataset of {"image": uint8 (H, W, 3), "label": int64}.
     """
-    if read_files:
-
-        def attempt(name, path, label):
-            read = (
-                tf.data.Dataset.from_tensors((name, path, label))
-                .map(lambda n, p, y: (n, tf.io.read_file(p), y))
-                .ignore_errors()
-            )
-            return (
-                read.concatenate(tf.data.Dataset.from_tensors((name, tf.constant(b""), label)))
-                .take(1)
-                .flat_map(_try_decode)
-            )
-
-    else:
-        attempt = _try_decode
+    attempt = lambda name, data, label: _try_decode(name, data, label, read_files)  # noqa: E731
     ds = ds.interleave(
         attempt, cycle_length=16, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )

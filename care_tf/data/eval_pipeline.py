@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -55,8 +56,8 @@ def make_eval_dataset(
         tf.data.Dataset of (float32 (B, S, S, 3) ImageNet-normalised, int64 (B,)).
     """
     source = load_source(spec_or_source, split, data_dir=data_dir, skip_corrupt=skip_corrupt)
-    if skip_corrupt:
-        source.skip_corrupt = True
+    if skip_corrupt and not source.skip_corrupt:
+        source = dataclasses.replace(source, skip_corrupt=True)
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     if drop_remainder is None:

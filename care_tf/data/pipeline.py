@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
 from care_tf.data.augment import TwoViewAugment
@@ -69,8 +71,8 @@ def make_pretrain_dataset(
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}. Received: {placement!r}")
     source = load_source(spec_or_source, split, data_dir=data_dir, skip_corrupt=skip_corrupt)
-    if skip_corrupt:
-        source.skip_corrupt = True
+    if skip_corrupt and not source.skip_corrupt:
+        source = dataclasses.replace(source, skip_corrupt=True)
     per_replica = batch_size
     pipeline_id = 0
     if input_context is not None:

@@ -130,6 +130,8 @@ def load_source(
         A Source; `source.as_dataset()` gives {"image": uint8 (H, W, 3), "label": int64}.
     """
     if isinstance(spec, Source):
+        if skip_corrupt and not spec.skip_corrupt:
+            return dataclasses.replace(spec, skip_corrupt=True)
         return spec
     kind, _, arg = spec.partition(":")
     if kind == "fashion_mnist" and not arg:
