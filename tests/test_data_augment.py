@@ -247,6 +247,14 @@ def test_real_photos_any_size():
                 assert pixels.min() >= -1e-4 and pixels.max() <= 1 + 1e-4
 
 
+def test_grayscale_batch_becomes_three_channels(fmnist_small):
+    gray = fmnist_small[0][:2, :, :, None]
+    rgb = np.repeat(gray, 3, axis=-1)
+    a = TwoViewAugment(32, seed=0)(gray, step=0)
+    b = TwoViewAugment(32, seed=0)(rgb, step=0)
+    np.testing.assert_array_equal(a[0], b[0])
+
+
 def test_float_input_and_value_range():
     image = _photo(48)
     a = TwoViewAugment(48, seed=2)(image[None], step=0)

@@ -348,6 +348,8 @@ class TwoViewAugment(keras.layers.Layer):
     # --- applying them ------------------------------------------------------------------
 
     def _to_unit(self, images: tf.Tensor) -> tuple[tf.Tensor, float]:
+        if images.shape.rank == 4 and images.shape[-1] == 1:  # grayscale -> 3 channels
+            images = tf.tile(images, [1, 1, 1, 3])
         if images.dtype == tf.uint8:
             return images, 255.0
         lo, hi = self.value_range
@@ -406,7 +408,7 @@ class TwoViewAugment(keras.layers.Layer):
         """(view1, view2) of a batch (B, H, W, 3).
 
         Args:
-            images: uint8 or float (B, H, W, 3), any H, W.
+            images: uint8 or float (B, H, W, 3) or (B, H, W, 1) (grayscale), any H, W.
             step: int scalar or None. Key of this batch's draws; None uses and
                 increments the layer's step counter.
             image_sizes: int (B, 2) or None. Original (height, width) of images that

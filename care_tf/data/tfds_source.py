@@ -85,11 +85,17 @@ def tfds_source(name: str, split: str = "train", data_dir: str | None = None) ->
             raise ValueError(
                 f"TFDS dataset {name!r} has no split {split!r}; splits: {known}"
             ) from e
+    files = []
+    if num_examples is not None:
+        try:  # the split's shard files (TFDS shards them across input pipelines itself)
+            files = [str(f) for f in info.splits[split].filepaths]
+        except Exception:  # noqa: BLE001 - older TFDS or split expressions
+            files = []
     label = info.features[label_key] if label_key else None
     return TFDSSource(
         name=f"tfds:{name}",
         split=split,
-        files=[],
+        files=files,
         num_examples=num_examples,
         num_classes=label.num_classes if label else None,
         class_names=list(label.names) if label else None,
