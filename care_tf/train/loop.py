@@ -159,8 +159,6 @@ def make_dataset(cfg: Config, source, worker: WorkerInfo) -> tf.data.Dataset:
 
 def make_step_function(model: keras.Model, strategy: tf.distribute.Strategy):
     """A compiled `step(iterator) -> logs`: next worker batch, split over local replicas."""
-    from keras.src.backend.tensorflow.trainer import reduce_per_replica
-
     local = strategy.num_replicas_in_sync // max(
         getattr(strategy.extended, "_num_workers", 1) or 1, 1
     )
@@ -178,7 +176,8 @@ def make_step_function(model: keras.Model, strategy: tf.distribute.Strategy):
     def step(iterator):
         batch = next(iterator)
         logs = strategy.run(replica_step, args=(batch,))
-        return reduce_per_replica(logs, strategy, reduction="auto")
+        # Mean over all replicas (and workers): every worker sees the same numbers.
+        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
 
     return step
 
