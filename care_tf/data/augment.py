@@ -215,7 +215,8 @@ class TwoViewAugment(keras.layers.Layer):
     Args:
         image_size: int. Output side in pixels.
         seed: int or None. Same seed and step give the same views. None draws a
-            seed from NumPy's global generator at construction.
+            seed from NumPy's global generator at construction (kept in
+            `seed_value`, the seed actually used).
         scale: (min, max) crop area fraction. Defaults to (0.08, 1.0).
         ratio: (min, max) crop aspect ratio w/h. Defaults to (3/4, 4/3).
         flip_prob, jitter_prob, gray_prob, blur_prob, solarize_prob: per-view
@@ -290,7 +291,7 @@ class TwoViewAugment(keras.layers.Layer):
         self.value_range = tuple(value_range)
         self.jit_compile = bool(jit_compile)
         self.kernel_size = blur_kernel_size(self.image_size)
-        self._seed_value = int(seed) if seed is not None else int(np.random.randint(2**31 - 1))
+        self.seed_value = int(seed) if seed is not None else int(np.random.randint(2**31 - 1))
         self.step = self.add_weight(
             name="step",
             shape=(),
@@ -348,6 +349,7 @@ class TwoViewAugment(keras.layers.Layer):
     # --- applying them ------------------------------------------------------------------
 
     def _to_unit(self, images: tf.Tensor) -> tuple[tf.Tensor, float]:
+        images = tf.convert_to_tensor(images)
         if images.shape.rank == 4 and images.shape[-1] == 1:  # grayscale -> 3 channels
             images = tf.tile(images, [1, 1, 1, 3])
         if images.dtype == tf.uint8:
@@ -397,7 +399,7 @@ class TwoViewAugment(keras.layers.Layer):
 
     def seed_for(self, step) -> tf.Tensor:
         """Stateless seed pair for a step: (seed, step), with the replica id folded in."""
-        seed = tf.stack([tf.constant(self._seed_value, tf.int64), tf.cast(step, tf.int64)])
+        seed = tf.stack([tf.constant(self.seed_value, tf.int64), tf.cast(step, tf.int64)])
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             replica = tf.cast(context.replica_id_in_sync_group, tf.int64)

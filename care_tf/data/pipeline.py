@@ -91,7 +91,7 @@ def make_pretrain_dataset(
 
     if placement == "host":
         aug = augment or TwoViewAugment(image_size, seed=seed)
-        base = tf.constant([aug._seed_value, pipeline_id], tf.int64)
+        base = tf.constant([aug.seed_value, pipeline_id], tf.int64)
 
         def two_views(index, example):
             key = tf.random.experimental.stateless_fold_in(base, index)
