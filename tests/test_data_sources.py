@@ -109,6 +109,13 @@ def test_flat_folder_unlabelled(tmp_path):
     assert [int(e["label"]) for e in source.as_dataset()] == [-1] * 4
 
 
+def test_symlink_loop_does_not_hang(tmp_path):
+    _write_images(tmp_path / "loop" / "a", 2)
+    os.symlink(tmp_path / "loop", tmp_path / "loop" / "a" / "back")
+    source = load_source(f"folder:{tmp_path / 'loop'}")
+    assert source.num_examples == 2 and source.class_names == ["a"]
+
+
 def test_empty_and_missing_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="No image files"):

@@ -37,8 +37,13 @@ class FolderSource(Source):
 
 def _images_under(folder: str) -> tuple[list[str], list[str]]:
     """Sorted image paths under `folder` (recursive) and the other files found there."""
-    images, others = [], []
+    images, others, seen = [], [], set()
     for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a symlink loop: walk each real folder once
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs.sort()
         for name in sorted(names):
             path = os.path.join(root, name)
