@@ -55,7 +55,7 @@ def test_layout_and_assets(exported):
     assert os.path.isdir(os.path.join(path, "variables"))
     with open(os.path.join(path, "assets", "care_export.json")) as f:
         meta = json.load(f)
-    assert meta["training_step"] == 321
+    assert meta["training_step"] == 321 and meta["train_state"] == {"step": 321}
     assert meta["care_tf_version"]
     assert meta["preprocessing"]["image_size"] == 32
     assert meta["preprocessing"]["resize_size"] == 37

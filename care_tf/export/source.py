@@ -187,7 +187,7 @@ def load_source(model_dir: str, image_size: int | None = None) -> ExportSource:
         model_dir: str. A training run directory (see care_tf.model_dir) or a
             `.keras` backbone file.
         image_size: int. Crop size when the backbone's input has no fixed size;
-            defaults to the backbone's input size, else config `data.image_size`.
+            defaults to the backbone's input size, else config `model.image_size`.
 
     Raises:
         ExportError: no model there, not a CARE backbone, an architecture that
@@ -211,7 +211,7 @@ def load_source(model_dir: str, image_size: int | None = None) -> ExportSource:
         raise ExportError(
             f"The backbone takes {channels}-channel images; exports feed RGB (3 channels)."
         )
-    configured = _nested(config, "data.image_size")
+    configured = _nested(config, "model.image_size") or _nested(config, "data.image_size")
     if height is not None and width is not None:
         if height != width:
             raise ExportError(f"The backbone takes {height}x{width} images; expected square.")
@@ -221,7 +221,7 @@ def load_source(model_dir: str, image_size: int | None = None) -> ExportSource:
             )
         if configured is not None and int(configured) != height:
             print(
-                f"warning: config data.image_size={configured} but the backbone takes "
+                f"warning: config image_size={configured} but the backbone takes "
                 f"{height} px; exporting at {height} px."
             )
         image_size = int(height)
@@ -229,7 +229,7 @@ def load_source(model_dir: str, image_size: int | None = None) -> ExportSource:
         image_size = image_size or (int(configured) if configured else None)
         if image_size is None:
             raise ExportError(
-                "The backbone accepts any image size and config.yaml has no data.image_size: "
+                "The backbone accepts any image size and config.yaml has no model.image_size: "
                 "pass --image_size."
             )
     return ExportSource(
@@ -241,18 +241,32 @@ def load_source(model_dir: str, image_size: int | None = None) -> ExportSource:
     )
 
 
+def read_train_state(model_dir: str) -> dict:
+    """`train_state.json` of a run ({} when absent or unreadable)."""
+    path = os.path.join(model_dir, TRAIN_STATE)
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 def metadata(source: ExportSource, **extra) -> dict:
     """The JSON metadata written next to every export."""
     import tensorflow as tf
 
     from care_tf.export.preprocess import constants
 
+    run = source.model_dir
+    run = os.path.dirname(run) if run.endswith(".keras") else run
     return {
         "care_tf_version": __version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "model_dir": source.model_dir,
         "training_step": source.step,
+        "train_state": read_train_state(run),
         "backbone": source.describe(),
         "preprocessing": constants(source.image_size),
         **extra,
