@@ -87,6 +87,7 @@ def test_overrides_and_base(tmp_path):
     assert cfg.train.global_batch_size == 64 and cfg.schedule.steps == 10
     assert cfg.model.stem is None and cfg.optimizer.name == "lars"
     assert isinstance(C.load_config(path, ["optimizer.base_lr=1"]).optimizer.base_lr, float)
+    assert C.load_config(path, ["optimizer.weight_decay=1e-4"]).optimizer.weight_decay == 1e-4
     with pytest.raises(C.ConfigError, match="'train.batch'"):
         C.load_config(path, ["train.batch=3"])
     with pytest.raises(C.ConfigError, match="key=value"):

@@ -228,6 +228,11 @@ def _check_value(key: str, value: Any, tp: Any) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"Config key '{key}' must be one of {_type_name(tp)}; got {value!r}.")
         return value
+    if tp is float and isinstance(value, str):
+        try:  # PyYAML reads 1e-4 (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
     ok = {
         bool: lambda v: isinstance(v, bool),
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),
