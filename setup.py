@@ -25,6 +25,7 @@ setup(
         "tqdm>=4.66",
         "pillow>=10.0",
         "matplotlib>=3.8",
+        "tensorboard==2.21.0",
     ],
     extras_require={
         # Exactly one TensorFlow flavour: `pip install care_tf[cpu]` (CI, laptops),

@@ -1,6 +1,9 @@
 """care_tf: CARE self-supervised pretraining (NeurIPS 2021) in Keras 3 / TensorFlow."""
 
+from care_tf import data
+from care_tf.data import TwoViewAugment, make_eval_dataset, make_pretrain_dataset
 from care_tf.evaluate import KNNMonitor, OnlineLinearProbe, attention_maps, knn_evaluate
+from care_tf.export import export_backbone
 from care_tf.models import (
     CARE,
     BoTBlock,
@@ -14,5 +17,5 @@ from care_tf.models import (
     list_backbones,
     register_backbone,
 )
-from care_tf.version import __version__
 from care_tf.train import LARS, WarmupCosine
+from care_tf.version import __version__
