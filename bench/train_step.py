@@ -1,0 +1,131 @@
+"""Images/s of one CARE training step (and the BYOL step beside it) on this machine.
+
+    python bench/train_step.py            # ResNet-50, 224 px, batch 8, fp32 (METHOD.md's setting)
+    python bench/train_step.py --quick    # ResNet-18 (base 16) at 64 px, under a minute
+
+Each mode builds a fresh model, compiles it with SGD (momentum 0.9), runs
+`--warmup` steps (tracing / XLA compilation excluded) and then times `--steps`
+steps of `train_on_batch` on a fixed two-view batch: the full CARE step (target
+update, target forward on both views, online forward + backward of both
+streams, optimizer update). Reports images/s by wall clock and per CPU second
+(all threads of the process). Ends with one JSON line of figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import care_tf  # noqa: E402
+
+AUTHORS_IMAGES_PER_S = 1.07  # METHOD.md: authors' PyTorch code, 2-core AVX2 CPU, batch 8, fp32
+
+
+def build(args, t_stream: bool, policy: str) -> care_tf.CARE:
+    keras.mixed_precision.set_global_policy(policy)
+    backbone_kwargs = {"base_channels": args.base_channels} if args.base_channels else None
+    return care_tf.CARE.from_preset(
+        args.preset,
+        image_size=args.image_size,
+        backbone_kwargs=backbone_kwargs,
+        t_stream=t_stream,
+        total_steps=1000,
+        weight_decay=1e-4,
+    )
+
+
+def time_mode(args, t_stream: bool, jit: bool, policy: str = "float32") -> dict:
+    """Times one configuration; returns its figures."""
+    keras.utils.set_random_seed(0)
+    model = build(args, t_stream, policy)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=jit)
+    rng = np.random.RandomState(0)
+    shape = (args.batch, args.image_size, args.image_size, 3)
+    batch = (
+        tf.constant(rng.randn(*shape).astype("float32")),
+        tf.constant(rng.randn(*shape).astype("float32")),
+    )
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        model.train_on_batch(batch)
+    warmup_s = time.perf_counter() - t0
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for _ in range(args.steps):
+        logs = model.train_on_batch(batch, return_dict=True)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    assert np.isfinite(logs["loss"]), logs
+    images = args.batch * args.steps
+    result = {
+        "images_per_s": round(images / wall, 3),
+        "images_per_cpu_s": round(images / cpu, 3),
+        "step_s": round(wall / args.steps, 3),
+        "warmup_s": round(warmup_s, 1),
+    }
+    keras.mixed_precision.set_global_policy("float32")
+    return result
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small model, under a minute")
+    parser.add_argument("--preset", default="resnet50")
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--base_channels", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--modes",
+        default="care,care_xla,byol,byol_xla",
+        help="comma list of care, care_xla, byol, byol_xla, care_bf16",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.preset, args.image_size, args.base_channels = "resnet18", 64, 16
+        args.steps, args.warmup = 3, 1
+        args.modes = "care,byol"
+
+    modes = {
+        "care": dict(t_stream=True, jit=False),
+        "care_xla": dict(t_stream=True, jit=True),
+        "byol": dict(t_stream=False, jit=False),
+        "byol_xla": dict(t_stream=False, jit=True),
+        "care_bf16": dict(t_stream=True, jit=False, policy="mixed_bfloat16"),
+    }
+    figures = {
+        "preset": args.preset,
+        "image_size": args.image_size,
+        "batch": args.batch,
+        "steps": args.steps,
+        "cpus": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+    for name in args.modes.split(","):
+        if name not in modes:
+            parser.error(f"unknown mode {name!r}; choose from {', '.join(modes)}")
+        figures[name] = time_mode(args, **modes[name])
+        print(f"{name}: {figures[name]}", file=sys.stderr, flush=True)
+    if "care" in figures and "byol" in figures:
+        figures["t_stream_overhead"] = round(
+            figures["byol"]["images_per_s"] / figures["care"]["images_per_s"], 3
+        )
+    if not args.quick and args.preset == "resnet50" and args.image_size == 224:
+        best = max(figures[m]["images_per_s"] for m in ("care", "care_xla") if m in figures)
+        figures["speedup_vs_authors"] = round(best / AUTHORS_IMAGES_PER_S, 3)
+    print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
