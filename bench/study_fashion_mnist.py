@@ -498,17 +498,31 @@ def plot_curves(runs: str, figures: str) -> dict[str, str]:
         fig.savefig(paths["loss_curves"], dpi=90)
         plt.close(fig)
 
-    # Accuracy: online kNN during pretraining; final probes of the four models.
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for m in ("care", "byol"):
-        pts = online_knn(os.path.join(runs, m))
-        if pts:
+    # Accuracy: per-class kNN of the four models (online kNN curves when a run has more
+    # than one monitor point); final probes of the four models.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    online = {m: online_knn(os.path.join(runs, m)) for m in ("care", "byol")}
+    if all(len(p) > 1 for p in online.values()):
+        for m, pts in online.items():
             axes[0].plot(*zip(*pts, strict=True), "o-", color=COLOURS[m], label=LABELS[m])
-    axes[0].set(
-        xlabel="epoch",
-        ylabel="top-1 (%)",
-        title="Online kNN during pretraining\n(2048-image bank, 1000 test images)",
-    )
+        axes[0].set(
+            xlabel="epoch",
+            ylabel="top-1 (%)",
+            title="Online kNN during pretraining\n(2048-image bank, 1000 test images)",
+        )
+    else:
+        names = None
+        for m in MODELS:
+            knn = _load_json(os.path.join(runs, m, "eval", "knn.json"))
+            if not knn:
+                continue
+            names = knn["class_names"]
+            acc = [100 * knn["per_class_accuracy"][c] for c in names]
+            axes[0].plot(range(len(names)), acc, "o-", ms=3, color=COLOURS[m], label=LABELS[m])
+        if names:
+            short = [n.split("/")[0] for n in names]
+            axes[0].set_xticks(range(len(names)), short, rotation=45, fontsize=7)
+        axes[0].set(ylabel="top-1 (%)", title="kNN top-1 per class (10k test images)")
     axes[0].grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     table = collect(runs)
