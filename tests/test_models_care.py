@@ -1,30 +1,19 @@
 """The CARE model: METHOD.md counts, losses vs NumPy, gradient routing, target update."""
 
+import care_testing
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from care_testing import n_params
 
 import care_tf
 
 K = 40  # total steps of the momentum schedule in these tests
 
 
-def n_params(variables) -> int:
-    return sum(int(np.prod(v.shape)) for v in variables)
-
-
 def tiny_care(**kwargs) -> care_tf.CARE:
-    kwargs.setdefault("total_steps", K)
-    return care_tf.CARE.from_preset(
-        "resnet18",
-        image_size=32,
-        backbone_kwargs={"base_channels": 8},
-        transformer_kwargs={"num_blocks": 2},
-        hidden_dim=64,
-        projection_dim=32,
-        **kwargs,
-    )
+    return care_testing.tiny_care(**{"total_steps": K, **kwargs})
 
 
 def views(seed=0, batch=8):

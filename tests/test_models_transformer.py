@@ -3,12 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from care_testing import n_params
 
 import care_tf
-
-
-def n_params(variables) -> int:
-    return sum(int(np.prod(v.shape)) for v in variables)
 
 
 def numpy_mhsa(x, w_qkv, pos_h, pos_w, heads, dim):

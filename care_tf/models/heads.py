@@ -7,7 +7,7 @@ import math
 import keras
 from keras import layers, ops
 
-from care_tf.models.resnet import BN_EPSILON, BN_MOMENTUM
+from care_tf.models.resnet import batch_norm
 from care_tf.models.transformer import torch_default_initializer
 
 
@@ -54,13 +54,7 @@ class MLPHead(keras.layers.Layer):
     def build(self, input_shape):
         in_dim = int(input_shape[-1])
         self.dense_hidden = self._dense(self.hidden_dim, in_dim, "dense_hidden", self.dtype_policy)
-        self.bn = layers.BatchNormalization(
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
-            synchronized=self.sync_bn,
-            name="bn",
-            dtype=self.dtype_policy,
-        )
+        self.bn = batch_norm("bn", self.sync_bn, dtype=self.dtype_policy)
         self.dense_out = self._dense(
             self.output_dim, self.hidden_dim, "dense_out", self.dtype_policy
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from care_tf.models.batch_norm import BatchNorm
 from care_tf.models.registry import register_backbone
 
 # Stage depths and block type per ResNet depth.
@@ -33,14 +34,15 @@ def conv_initializer() -> keras.initializers.Initializer:
     )
 
 
-def batch_norm(name: str, sync: bool, gamma_zero: bool = False) -> layers.BatchNormalization:
+def batch_norm(name: str, sync: bool, gamma_zero: bool = False, dtype=None) -> BatchNorm:
     """BatchNorm with PyTorch's momentum/epsilon; `sync` averages statistics across replicas."""
-    return layers.BatchNormalization(
+    return BatchNorm(
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
         synchronized=sync,
         gamma_initializer="zeros" if gamma_zero else "ones",
         name=name,
+        dtype=dtype,
     )
 
 

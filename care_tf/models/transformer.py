@@ -9,23 +9,12 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from care_tf.models.resnet import BN_EPSILON, BN_MOMENTUM
+from care_tf.models.resnet import batch_norm
 
 
 def torch_default_initializer() -> keras.initializers.Initializer:
     """PyTorch's default conv/linear init: U(+-1/sqrt(fan_in))."""
     return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
-
-
-def _bn(name: str, sync: bool, dtype, gamma_zero: bool = False) -> layers.BatchNormalization:
-    return layers.BatchNormalization(
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON,
-        synchronized=sync,
-        gamma_initializer="zeros" if gamma_zero else "ones",
-        name=name,
-        dtype=dtype,
-    )
 
 
 def _conv(filters: int, kernel: int, name: str, dtype, stride: int = 1) -> layers.Conv2D:
@@ -160,16 +149,16 @@ class BoTBlock(keras.layers.Layer):
         if self.project_shortcut:
             self.shortcut_pad = layers.ZeroPadding2D(1, dtype=dt, name="shortcut_pad")
             self.shortcut_conv = _conv(self.out_channels, 3, "shortcut_conv", dt, stride)
-            self.shortcut_bn = _bn("shortcut_bn", sync, dt)
+            self.shortcut_bn = batch_norm("shortcut_bn", sync, dtype=dt)
         self.conv_in = _conv(inner, 1, "conv_in", dt)
-        self.bn_in = _bn("bn_in", sync, dt)
+        self.bn_in = batch_norm("bn_in", sync, dtype=dt)
         self.attention = MultiHeadSelfAttention2D(
             self.num_heads, self.head_dim, name="mhsa", dtype=dt
         )
         self.pool = layers.AveragePooling2D(2, dtype=dt, name="pool") if self.downsample else None
-        self.bn_mid = _bn("bn_mid", sync, dt)
+        self.bn_mid = batch_norm("bn_mid", sync, dtype=dt)
         self.conv_out = _conv(self.out_channels, 1, "conv_out", dt)
-        self.bn_out = _bn("bn_out", sync, dt, gamma_zero=True)
+        self.bn_out = batch_norm("bn_out", sync, gamma_zero=True, dtype=dt)
 
         # Build every sublayer now, so weights exist right after construction.
         b, h, w, _ = input_shape

@@ -1,0 +1,24 @@
+"""Small shared builders for the test-suite (tiny CARE models, parameter counts)."""
+
+import numpy as np
+
+import care_tf
+
+
+def n_params(variables) -> int:
+    """Number of scalars in `variables`."""
+    return sum(int(np.prod(v.shape)) for v in variables)
+
+
+def tiny_care(total_steps: int = 100, num_blocks: int = 2, **kwargs) -> care_tf.CARE:
+    """A CARE model cheap enough for CPU tests: ResNet-18 at 1/8 width, 32 px."""
+    return care_tf.CARE.from_preset(
+        "resnet18",
+        image_size=32,
+        backbone_kwargs={"base_channels": 8},
+        transformer_kwargs={"num_blocks": num_blocks},
+        hidden_dim=64,
+        projection_dim=32,
+        total_steps=total_steps,
+        **kwargs,
+    )
