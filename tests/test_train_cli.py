@@ -62,7 +62,7 @@ def test_cli_single_device_outputs(reference_run):
     cfg = layout.read_config(str(model_dir))
     assert cfg["train"]["global_batch_size"] == 16
     assert cfg["derived"]["steps_per_epoch"] == 16 and cfg["derived"]["total_steps"] == 32
-    assert cfg["derived"]["peak_lr"] == pytest.approx(0.05 * 16 / 256)
+    assert cfg["derived"]["peak_lr"] == pytest.approx(cfg["optimizer"]["base_lr"] * 16 / 256)
     # Progress bar with the loss terms and images/s.
     for key in ("loss_c=", "loss_t=", "loss_att=", "images_per_sec="):
         assert key in proc.stderr
