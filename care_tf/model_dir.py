@@ -1,12 +1,12 @@
 """Layout of a training run's `model_dir`: what train writes and evaluate/export read.
 
-    model_dir/
-      config.yaml        resolved experiment config (written at the start of training)
-      model.keras        the full CARE model (online + target + optimizer state), final
-      backbone.keras     the online CNN backbone alone, final: what evaluate/export use
-      checkpoints/       tf.train checkpoints for exact resume
-      logs/              TensorBoard event files
-      metrics.csv        per-epoch CSV log
+model_dir/
+  config.yaml        resolved experiment config (written at the start of training)
+  model.keras        the full CARE model (online + target + optimizer state), final
+  backbone.keras     the online CNN backbone alone, final: what evaluate/export use
+  checkpoints/       tf.train checkpoints for exact resume
+  logs/              TensorBoard event files
+  metrics.csv        per-epoch CSV log
 """
 
 from __future__ import annotations
