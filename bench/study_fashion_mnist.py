@@ -154,6 +154,14 @@ def run_queue(
                         break
                     if all(d in finished for d in deps):
                         pending.remove(job)
+                        if os.path.exists(os.path.join(ROOT, job.done)):  # done meanwhile
+                            records[job.name] = {
+                                "command": shlex.join(job.argv),
+                                "skipped": "already done",
+                            }
+                            finished.add(job.name)
+                            lock.notify_all()
+                            break
                         return job
                 else:
                     if not pending:
@@ -216,10 +224,10 @@ def study_jobs(s: dict, args) -> list[Job]:
         "random": "random_init",
         "supervised": "train_supervised",
     }
-    # Evaluations in the order their models are expected to finish; the second and later
+    # Evaluations: the compared pair first, then the baselines; the second and later
     # linear-probe seeds (the noise estimate) last.
     for seed_index, seeds in enumerate((s["seeds"][:1], s["seeds"][1:])):
-        for m in ("byol", "random", "supervised", "care"):
+        for m in ("care", "byol", "supervised", "random"):
             if seed_index and m not in ("care", "byol"):
                 continue  # extra probe seeds only where the comparison needs the noise
             d = os.path.join(runs, m)
@@ -240,9 +248,9 @@ def study_jobs(s: dict, args) -> list[Job]:
         argv += ["--model_dir", os.path.join(runs, m), "--name", LABELS[m]]
     argv += ["--num_images", str(s["attention_images"]), "--out", out]
     attention = Job("attention", argv, out, after=("train_care", "train_byol", "train_supervised"))
-    extra = [f"_seed{x}" for x in s["seeds"][1:]]
-    later = [i for i, j in enumerate(jobs) if j.name.endswith(tuple(extra))] if extra else []
-    jobs.insert(later[0] if later else len(jobs), attention)  # before the extra seeds
+    # After the pair's probes, before the baselines' (the queue runs in list order).
+    first_baseline = [i for i, j in enumerate(jobs) if j.name == "knn_supervised"]
+    jobs.insert(first_baseline[0] if first_baseline else len(jobs), attention)
     return jobs
 
 
