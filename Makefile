@@ -29,6 +29,7 @@ data:
 	fi
 
 test: install data
+	$(VENV)/bin/ruff check care_tf tests bench
 	$(PYTHON) -m pytest -m "not slow"
 
 test-all: install data

@@ -178,3 +178,22 @@ def test_nan_guard_message():
     check_finite({"loss": 1.0, "momentum": 0.99}, 3, None, "ckpts")
     with pytest.raises(NonFiniteLossError, match=r"step 7 .*loss_att=nan.*step 6"):
         check_finite({"loss": float("nan"), "loss_att": float("nan")}, 7, 6, "ckpts")
+
+
+@pytest.mark.slow
+def test_online_knn_monitor_reaches_the_csv_log(tmp_path):
+    """The monitors' figures land in metrics.csv (not only in their own event files)."""
+    steps_per_epoch = 256 // 16
+    proc = subprocess.run(
+        _cmd(tmp_path, "--strategy", "one_device", "--max_steps", str(steps_per_epoch),
+             "--set", "monitor.knn_every_epochs=1", "--set", "monitor.train_examples=128",
+             "--set", "monitor.val_examples=64", "--no_progress"),
+        capture_output=True, text=True, env=_env(), timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import csv
+
+    with open(layout.path(str(tmp_path), layout.METRICS_CSV)) as f:
+        rows = list(csv.DictReader(f))
+    assert "knn_top1" in rows[-1], rows[-1]
+    assert 0.0 < float(rows[-1]["knn_top1"]) <= 1.0  # a fraction

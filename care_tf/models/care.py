@@ -20,6 +20,23 @@ def _clone_layer(layer: keras.layers.Layer, name: str) -> keras.layers.Layer:
     return keras.saving.deserialize_keras_object(config)
 
 
+@keras.saving.register_keras_serializable(package="care_tf")
+class LastValue(keras.metrics.Metric):
+    """A metric whose result is the last value given (e.g. the current target momentum)."""
+
+    def __init__(self, name: str = "last_value", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.value = self.add_variable(
+            shape=(), initializer="zeros", aggregation="mean", name="value"
+        )
+
+    def update_state(self, value, sample_weight=None):
+        self.value.assign(ops.cast(value, self.dtype))
+
+    def result(self):
+        return ops.convert_to_tensor(self.value)
+
+
 def _ensure_built(layer: keras.layers.Layer, input_shape: tuple) -> None:
     if not layer.built:
         layer.build(input_shape)
@@ -164,7 +181,10 @@ class CARE(keras.Model):
             aggregation="only_first_replica",
         )
         names = ["loss", "loss_c"] + (["loss_t", "loss_att"] if t_stream else []) + ["momentum"]
-        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self._trackers = {
+            name: LastValue(name=name) if name == "momentum" else keras.metrics.Mean(name=name)
+            for name in names
+        }
         self.built = True
 
     # ------------------------------------------------------------------ parts

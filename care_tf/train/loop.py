@@ -376,7 +376,10 @@ def run(
             last_saved = step
         if epoch_end or step == end:
             epoch_logs = dict(logs)
-            callbacks.on_epoch_end(epoch, epoch_logs)
+            # CallbackList.on_epoch_end hands each callback a copy of the logs; the
+            # monitors add their figures to the dict itself, so call them directly.
+            for callback in callbacks.callbacks:
+                callback.on_epoch_end(epoch, epoch_logs)
             if csv_log is not None:
                 csv_log.write({"epoch": epoch + 1, "step": step, **epoch_logs})
             if tb is not None:
