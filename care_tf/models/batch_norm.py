@@ -7,12 +7,10 @@ TF's `FusedBatchNormV3` (oneDNN on CPU, cuDNN on GPU, supported by XLA), and
 matches PyTorch's `BatchNorm2d` / `BatchNorm1d`: outputs use the biased batch
 variance, the moving variance is updated with the unbiased one (n / (n - 1)).
 With `synchronized=True` under a multi-replica strategy the moments are those
-of the global batch (two-pass: mean first, then the centred second moment).
+of the global batch (Keras' all-reduced sums; replicas hold equal batches).
 """
 
 from __future__ import annotations
-
-import threading
 
 import keras
 import tensorflow as tf
@@ -82,62 +80,17 @@ class BatchNorm(layers.BatchNormalization):
 
     def _call_synchronized(self, inputs, context):
         x = tf.cast(inputs, "float32")
-        y, mean, var, count = _synchronized_batch_norm(
-            context, x, tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32"), self.epsilon
-        )
+        # Keras' synchronised moments (all-reduced sums, differentiated by autodiff).
+        mean, var = self._moments(x, None)
+        local = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), "float32")
+        count = local * float(context.num_replicas_in_sync)
         self._update_moving(mean, var * count / tf.maximum(count - 1.0, 1.0))
-        return ops.cast(y, self.compute_dtype)
-
-
-# Collectives must run in the same order on every replica, but independent branches
-# of a step (the two views, the target network) carry no order of their own. Each
-# replica chains its batch-norm collectives in program order, forward and backward.
-_collective_order = threading.local()
-
-
-def _ordered_all_reduce(context, value):
-    """`context.all_reduce(SUM, value)` after this replica's previous one (in this graph)."""
-    graph = tf.compat.v1.get_default_graph()
-    last = getattr(_collective_order, "last", None)
-    if last is not None and last[0] is graph:
-        with tf.control_dependencies([last[1]]):
-            value = tf.identity(value)
-    reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, value)
-    _collective_order.last = (graph, reduced)
-    return reduced
-
-
-def _synchronized_batch_norm(context, x, gamma, beta, epsilon: float):
-    """Batch norm over the global batch: (y, mean, biased var, global count).
-
-    Two-pass moments (mean, then centred second moment) and an analytic backward
-    pass whose one collective is ordered like the forward ones.
-    """
-    channels = x.shape[-1]
-    axes = list(range(len(x.shape) - 1))
-
-    @tf.custom_gradient
-    def forward(x, gamma, beta):
-        local_count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), "float32")
-        total = _ordered_all_reduce(
-            context, tf.concat([tf.reduce_sum(x, axes), local_count[None]], axis=0)
+        y = tf.nn.batch_normalization(
+            x,
+            mean,
+            var,
+            tf.cast(self.beta, "float32"),
+            tf.cast(self.gamma, "float32"),
+            self.epsilon,
         )
-        count = total[-1]
-        mean = total[:-1] / count
-        var = _ordered_all_reduce(context, tf.reduce_sum(tf.square(x - mean), axes)) / count
-        inv_std = tf.math.rsqrt(var + epsilon)
-        x_hat = (x - mean) * inv_std
-        y = x_hat * gamma + beta
-
-        def grad(dy, *unused):
-            d_beta = tf.reduce_sum(dy, axes)
-            d_gamma = tf.reduce_sum(dy * x_hat, axes)
-            sums = _ordered_all_reduce(context, tf.concat([d_beta, d_gamma], axis=0))
-            mean_dy, mean_dy_xhat = sums[:channels] / count, sums[channels:] / count
-            dx = gamma * inv_std * (dy - mean_dy - x_hat * mean_dy_xhat)
-            return dx, d_gamma, d_beta
-
-        return (y, mean, var, count), grad
-
-    y, mean, var, count = forward(x, gamma, beta)
-    return y, tf.stop_gradient(mean), tf.stop_gradient(var), tf.stop_gradient(count)
+        return ops.cast(y, self.compute_dtype)
