@@ -7,6 +7,7 @@ import pytest
 from care_tf.train.config import OptimizerConfig, from_dict
 from care_tf.train.optimizers import LARS, build_optimizer, model_weight_decay
 from care_tf.train.schedules import WarmupCosine
+from care_tf.train.sgd import TorchSGD
 
 
 def _lars_numpy(w, g, v, lr, mom, wd, eta, adapt):
@@ -91,7 +92,7 @@ def test_factory_and_decay_routing():
         keras.Variable(np.ones((2,), "float32"), name="gamma"),
     ]
     for name, cls in [
-        ("sgd", keras.optimizers.SGD),
+        ("sgd", TorchSGD),
         ("lars", LARS),
         ("adamw", keras.optimizers.AdamW),
         ("lamb", keras.optimizers.Lamb),
@@ -184,3 +185,23 @@ def test_configured_weight_decay_reaches_the_update(tiny_byol, name):
             np.testing.assert_allclose(
                 results[0.05][i] - results[0.0][i], -lr * 0.05 * w0[i], atol=2e-6, rtol=2e-3
             )
+
+
+def test_torch_sgd_matches_pytorch_momentum_with_a_changing_lr():
+    """v <- mu v + g; w <- w - lr_t v (PyTorch), not Keras' v <- mu v - lr_t g."""
+    rates = [0.1, 0.3, 0.05]
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([0, 1], rates)  # step 0, 1, 2
+    w0 = np.array([1.0, -2.0, 0.5], "float32")
+    grads = [np.array([0.5, 1.0, -1.0], "float32") * (i + 1) for i in range(3)]
+    for nesterov in (False, True):
+        var = keras.Variable(w0.copy())
+        opt = TorchSGD(learning_rate=schedule, momentum=0.9, nesterov=nesterov)
+        w, v = w0.astype("float64"), np.zeros(3)
+        for lr, g in zip(rates, grads, strict=True):
+            opt.apply_gradients([(g, var)])
+            v = 0.9 * v + g
+            w = w - lr * ((g + 0.9 * v) if nesterov else v)
+            np.testing.assert_allclose(var.numpy(), w, rtol=1e-6, atol=1e-6)
+    config = keras.saving.serialize_keras_object(opt)
+    again = keras.saving.deserialize_keras_object(config)
+    assert isinstance(again, TorchSGD) and again.nesterov and again.momentum == 0.9

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from care_tf.train.config import OptimizerConfig
+from care_tf.train.sgd import TorchSGD
 
 
 @keras.saving.register_keras_serializable(package="care_tf")
@@ -156,8 +157,9 @@ def build_optimizer(
     common = dict(learning_rate=learning_rate, global_clipnorm=cfg.global_clipnorm)
     one_d = [v for v in (variables or []) if len(v.shape) <= 1]
     if cfg.name == "sgd":
+        # PyTorch's momentum convention (lr outside the velocity), as the paper's code.
         # Weight decay is in the model's loss (model_weight_decay): not set here.
-        return keras.optimizers.SGD(momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
+        return TorchSGD(momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
     if cfg.name == "lars":
         return LARS(
             momentum=cfg.momentum,
