@@ -123,7 +123,7 @@ def run_knn(args) -> dict:
     """Weighted kNN of pooled features: train split = memory bank, eval split = queries."""
     from care_tf.evaluate.features import extract_features
     from care_tf.evaluate.knn import knn_scores
-    from care_tf.evaluate.report import classification_report, plot_confusion_matrix, write_json
+    from care_tf.evaluate.report import classification_report
 
     start = time.time()
     backbone = load_backbone(args.model_dir)
@@ -164,12 +164,19 @@ def run_knn(args) -> dict:
         **report,
         "seconds": round(time.time() - start, 1),
     }
-    json_path, png_path = _out_paths(default_out(args.model_dir, args.out), "knn")
+    return _save_results(args, "knn", results, f"kNN (k={args.k})")
+
+
+def _save_results(args, kind: str, results: dict, title: str) -> dict:
+    """Writes `kind`.json and its confusion-matrix PNG; returns results with their paths."""
+    from care_tf.evaluate.report import plot_confusion_matrix, write_json
+
+    json_path, png_path = _out_paths(default_out(args.model_dir, args.out), kind)
     plot_confusion_matrix(
-        report["confusion_matrix"],
-        report["class_names"],
+        results["confusion_matrix"],
+        results["class_names"],
         png_path,
-        title=f"kNN (k={args.k}) on {args.dataset}:{args.eval_split}",
+        title=f"{title} on {args.dataset}:{args.eval_split}",
     )
     write_json(results, json_path)
     results["paths"] = {"json": json_path, "confusion_matrix": png_path}
@@ -185,7 +192,7 @@ def run_linear(args) -> dict:
         train_linear_probe,
         train_linear_probe_on_features,
     )
-    from care_tf.evaluate.report import classification_report, plot_confusion_matrix, write_json
+    from care_tf.evaluate.report import classification_report
 
     start = time.time()
     backbone = load_backbone(args.model_dir)
@@ -260,16 +267,7 @@ def run_linear(args) -> dict:
         "history": {k: [float(v) for v in vals] for k, vals in history.items()},
         "seconds": round(time.time() - start, 1),
     }
-    json_path, png_path = _out_paths(default_out(args.model_dir, args.out), "linear")
-    plot_confusion_matrix(
-        report["confusion_matrix"],
-        report["class_names"],
-        png_path,
-        title=f"Linear probe on {args.dataset}:{args.eval_split}",
-    )
-    write_json(results, json_path)
-    results["paths"] = {"json": json_path, "confusion_matrix": png_path}
-    return results
+    return _save_results(args, "linear", results, "Linear probe")
 
 
 def run_attention(args) -> dict:
