@@ -66,7 +66,11 @@ def test_synchronized_matches_one_device_forward_and_backward():
         loss = tf.reduce_sum(y * w)
     dx, dgamma, dbeta = tape.gradient(loss, [xt, single.gamma, single.beta])
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # Not collective ops: TF's collective executor is per process and keyed per
+    # strategy, so two collective strategies in one test session can collide.
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
     with strategy.scope():
         bn = BatchNorm(momentum=0.9, epsilon=1e-5, synchronized=True)
         bn.build(x.shape)

@@ -128,7 +128,12 @@ def test_mirrored_replicas_match_one_device_with_sync_bn():
     single.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9))
     log_single = single.fit(ds.take(1), epochs=1, verbose=0).history
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # Reductions without collective ops: TF's collective executor is per process and
+    # keyed per strategy, so collective strategies of other tests could collide here.
+    # (The CLI's own mirrored test runs the default collectives in a fresh process.)
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
     with strategy.scope():
         mirrored = tiny_care(sync_bn=True, weight_decay=1e-3)
         mirrored.set_weights(initial)
