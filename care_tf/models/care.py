@@ -34,7 +34,8 @@ class LastValue(keras.metrics.Metric):
         self.value.assign(ops.cast(value, self.dtype))
 
     def result(self):
-        return ops.convert_to_tensor(self.value)
+        # An op (not a bare variable read), so it carries the replica's device.
+        return self.value * ops.ones((), self.dtype)
 
 
 def _ensure_built(layer: keras.layers.Layer, input_shape: tuple) -> None:
