@@ -31,20 +31,11 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from care_tf import ResNetBackbone  # noqa: E402
-from care_tf.constants import FASHION_MNIST_DIR  # noqa: E402
+from care_tf.data import load_fashion_mnist  # noqa: E402
 from care_tf.export import calibration, saved_model, tflite  # noqa: E402
 from care_tf.export.source import ExportSource  # noqa: E402
 from care_tf.export.testing import set_bn_statistics  # noqa: E402
 from care_tf.export.verify import cosine, quantize_input  # noqa: E402
-
-
-def fashion_mnist(count: int) -> np.ndarray:
-    """(count, 28, 28) uint8 Fashion-MNIST training images (IDX files)."""
-    import gzip
-
-    folder = os.environ.get("CARE_DATA_DIR", FASHION_MNIST_DIR)
-    with gzip.open(os.path.join(folder, "train-images-idx3-ubyte.gz"), "rb") as f:
-        return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:count].copy()
 
 
 def dir_size(path: str) -> int:
@@ -84,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = (1, 32)
     print(f"[bench] ResNet-{depth} (base {base}) at {size} px, {args.threads} threads", flush=True)
     backbone = ResNetBackbone(depth=depth, base_channels=base, image_shape=(size, size, 3))
-    images = calibration.crops(list(fashion_mnist(calib_n + 32)), size)
+    images = calibration.crops(list(load_fashion_mnist("train")[0][: calib_n + 32]), size)
     set_bn_statistics(backbone, images[:calib_n], steps=6 if args.quick else 10, batch=16)
     source = ExportSource(backbone, {}, size, "unknown", "bench")
     test = images[calib_n : calib_n + 32]
