@@ -47,6 +47,23 @@ MODELS = ("care", "byol", "random", "supervised")
 LABELS = {"care": "CARE", "byol": "BYOL", "random": "random init", "supervised": "supervised"}
 COLOURS = {"care": "tab:red", "byol": "tab:blue", "random": "tab:gray", "supervised": "tab:green"}
 LOSS_KEYS = ("loss", "loss_c", "loss_t", "loss_att")
+SSL = ("care", "byol")
+
+
+def run_dir(runs: str, model: str, pretrain_seed: int = 0) -> str:
+    """Model directory of `model` pretrained with `pretrain_seed` (seed 0: `runs/model`)."""
+    return os.path.join(runs, model if pretrain_seed == 0 else f"{model}_seed{pretrain_seed}")
+
+
+def seed_dirs(runs: str, model: str) -> list[tuple[int, str]]:
+    """[(pretraining seed, directory)] of the existing runs of `model`, seed 0 first."""
+    out = [(0, run_dir(runs, model))] if os.path.isdir(run_dir(runs, model)) else []
+    if model in SSL:
+        for d in glob.glob(os.path.join(runs, f"{model}_seed*")):
+            tail = d.rsplit("_seed", 1)[1]
+            if tail.isdigit():
+                out.append((int(tail), d))
+    return sorted(out)
 
 
 # ------------------------------------------------------------------ settings
@@ -70,6 +87,7 @@ def settings(args) -> dict:
             "eval_limit": 512,
             "linear_epochs": 2,
             "seeds": (0,),
+            "pretrain_seeds": (0, 1),
             "attention_images": 4,
         }
     return {
@@ -81,6 +99,7 @@ def settings(args) -> dict:
         "eval_limit": None,
         "linear_epochs": args.linear_epochs,
         "seeds": tuple(args.seeds),
+        "pretrain_seeds": tuple(args.pretrain_seeds),
         "attention_images": 6,
     }
 
@@ -193,17 +212,26 @@ def run_queue(
 
 
 def study_jobs(s: dict, args) -> list[Job]:
+    """The study's subprocesses in queue order: every pretraining run first, then the
+    baselines, the probes of the compared pair, the attention grid, the other probes."""
     runs = s["runs"]
     me = os.path.relpath(os.path.abspath(__file__), ROOT)
     jobs = []
-    for m in ("care", "byol"):
-        d = os.path.join(runs, m)
-        argv = [PY, "-m", "care_tf.train", "--config", CONFIGS[m], "--model_dir", d]
-        argv += ["--no_progress"] + [a for kv in s["train_set"] for a in ("--set", kv)]
-        if glob.glob(os.path.join(ROOT, d, "checkpoints", "*.index")):
-            argv.append("--resume")  # continue an interrupted run
-        jobs.append(Job(f"train_{m}", argv, os.path.join(d, "backbone.keras")))
-    d = os.path.join(runs, "random")
+    train_job = {}
+    for ps in s["pretrain_seeds"]:
+        for m in SSL:
+            d = run_dir(runs, m, ps)
+            name = "train_" + os.path.basename(d)
+            train_job[(m, ps)] = name
+            argv = [PY, "-m", "care_tf.train", "--config", CONFIGS[m], "--model_dir", d]
+            argv += ["--no_progress"] + [a for kv in s["train_set"] for a in ("--set", kv)]
+            if ps:
+                argv += ["--set", f"train.seed={ps}"]
+            if glob.glob(os.path.join(ROOT, d, "checkpoints", "*.index")):
+                argv.append("--resume")  # continue an interrupted run
+            jobs.append(Job(name, argv, os.path.join(d, "backbone.keras")))
+    d = run_dir(runs, "random")
+    train_job[("random", 0)] = "random_init"
     jobs.append(
         Job(
             "random_init",
@@ -211,46 +239,47 @@ def study_jobs(s: dict, args) -> list[Job]:
             os.path.join(d, "backbone.keras"),
         )
     )
-    d = os.path.join(runs, "supervised")
+    d = run_dir(runs, "supervised")
+    train_job[("supervised", 0)] = "train_supervised"
     argv = [PY, me, "supervised", "--model_dir", d, "--sup_epochs", str(s["sup_epochs"])]
     if s["sup_limit"]:
         argv += ["--limit", str(s["sup_limit"])]
     jobs.append(Job("train_supervised", argv, os.path.join(d, "backbone.keras")))
 
     limit = ["--limit", str(s["eval_limit"])] if s["eval_limit"] else []
-    train_job = {
-        "care": "train_care",
-        "byol": "train_byol",
-        "random": "random_init",
-        "supervised": "train_supervised",
-    }
-    # Evaluations: the compared pair first, then the baselines; the second and later
-    # linear-probe seeds (the noise estimate) last.
-    for seed_index, seeds in enumerate((s["seeds"][:1], s["seeds"][1:])):
-        for m in ("care", "byol", "supervised", "random"):
-            if seed_index and m not in ("care", "byol"):
-                continue  # extra probe seeds only where the comparison needs the noise
-            d = os.path.join(runs, m)
-            ev = ["--model_dir", d, "--dataset", "fashion_mnist", "--quiet"] + limit
-            if seed_index == 0:
-                argv = [PY, "-m", "care_tf.evaluate", "knn", *ev, "--k", "200"]
-                argv += ["--temperature", "0.1"]
-                done = os.path.join(d, "eval", "knn.json")
-                jobs.append(Job(f"knn_{m}", argv, done, after=(train_job[m],)))
-            for seed in seeds:
-                out = os.path.join(d, "eval", f"linear_seed{seed}.json")
-                argv = [PY, "-m", "care_tf.evaluate", "linear", *ev, "--extract_features"]
-                argv += ["--epochs", str(s["linear_epochs"]), "--seed", str(seed), "--out", out]
-                jobs.append(Job(f"linear_{m}_seed{seed}", argv, out, after=(train_job[m],)))
+
+    def probes(m: str, ps: int, probe_seeds, knn: bool) -> None:
+        d = run_dir(runs, m, ps)
+        tag = os.path.basename(d)
+        ev = ["--model_dir", d, "--dataset", "fashion_mnist", "--quiet"] + limit
+        after = (train_job[(m, ps)],)
+        if knn:
+            argv = [PY, "-m", "care_tf.evaluate", "knn", *ev, "--k", "200"]
+            argv += ["--temperature", "0.1"]
+            jobs.append(Job(f"knn_{tag}", argv, os.path.join(d, "eval", "knn.json"), after))
+        for seed in probe_seeds:
+            out = os.path.join(d, "eval", f"linear_seed{seed}.json")
+            argv = [PY, "-m", "care_tf.evaluate", "linear", *ev, "--extract_features"]
+            argv += ["--epochs", str(s["linear_epochs"]), "--seed", str(seed), "--out", out]
+            jobs.append(Job(f"linear_{tag}_seed{seed}", argv, out, after))
+
+    first, rest = s["seeds"][:1], s["seeds"][1:]
+    for ps in s["pretrain_seeds"]:
+        for m in SSL:
+            probes(m, ps, first, knn=True)
     out = os.path.join(s["figures"], "attention.png")
     argv = [PY, "-m", "care_tf.evaluate", "attention", "--dataset", "fashion_mnist"]
     for m in ("byol", "care", "supervised"):
-        argv += ["--model_dir", os.path.join(runs, m), "--name", LABELS[m]]
+        argv += ["--model_dir", run_dir(runs, m), "--name", LABELS[m]]
     argv += ["--num_images", str(s["attention_images"]), "--out", out]
-    attention = Job("attention", argv, out, after=("train_care", "train_byol", "train_supervised"))
-    # After the pair's probes, before the baselines' (the queue runs in list order).
-    first_baseline = [i for i, j in enumerate(jobs) if j.name == "knn_supervised"]
-    jobs.insert(first_baseline[0] if first_baseline else len(jobs), attention)
+    after = ("train_care", "train_byol", "train_supervised")
+    jobs.append(Job("attention", argv, out, after=after))
+    for m in ("supervised", "random"):
+        probes(m, 0, first, knn=True)
+    # Extra probe seeds (the probe's own noise) only where the comparison needs them.
+    for ps in s["pretrain_seeds"]:
+        for m in SSL:
+            probes(m, ps, rest, knn=False)
     return jobs
 
 
@@ -594,30 +623,42 @@ def _load_json(path: str) -> dict | None:
 
 
 def collect(runs: str) -> dict[str, dict]:
-    """Per model: kNN top-1/top-5, linear top-1/top-5 (mean over seeds, range, per seed)."""
+    """Per model: kNN and linear top-1/top-5, means over pretraining and probe seeds.
+
+    kNN: mean over pretraining seeds (`knn_top1_seeds`: {pretraining seed: top-1}).
+    Linear: mean over every (pretraining seed, probe seed) pair
+    (`linear_top1_seeds`: {"pretraining seed/probe seed": top-1}), with its range.
+    """
     table: dict[str, dict] = {}
     for m in MODELS:
-        d = os.path.join(runs, m, "eval")
+        knn: dict[int, dict] = {}
+        lin: dict[str, dict] = {}
+        for ps, d in seed_dirs(runs, m):
+            if j := _load_json(os.path.join(d, "eval", "knn.json")):
+                knn[ps] = j
+            for p in sorted(glob.glob(os.path.join(d, "eval", "linear_seed*.json"))):
+                if j := _load_json(p):
+                    lin[f"{ps}/{j['config']['seed']}"] = j
         row: dict = {}
-        knn = _load_json(os.path.join(d, "knn.json"))
         if knn:
-            row.update(knn_top1=knn["top1"], knn_top5=knn["top5"], knn_bank=knn["num_train"])
-        lin = [
-            j
-            for p in sorted(glob.glob(os.path.join(d, "linear_seed*.json")))
-            if (j := _load_json(p))
-        ]
+            t1 = [j["top1"] for j in knn.values()]
+            row.update(
+                knn_top1=sum(t1) / len(t1),
+                knn_top5=sum(j["top5"] for j in knn.values()) / len(knn),
+                knn_top1_range=(min(t1), max(t1)),
+                knn_top1_seeds={ps: j["top1"] for ps, j in knn.items()},
+                knn_bank=next(iter(knn.values()))["num_train"],
+            )
         if lin:
-            t1 = [j["top1"] for j in lin]
-            t5 = [j["top5"] for j in lin]
+            t1 = [j["top1"] for j in lin.values()]
             row.update(
                 linear_top1=sum(t1) / len(t1),
-                linear_top5=sum(t5) / len(t5),
+                linear_top5=sum(j["top5"] for j in lin.values()) / len(lin),
                 linear_top1_range=(min(t1), max(t1)),
-                linear_top1_seeds={j["config"]["seed"]: j["top1"] for j in lin},
-                linear_epochs=lin[0]["config"]["epochs"],
+                linear_top1_seeds={k: j["top1"] for k, j in lin.items()},
+                linear_epochs=next(iter(lin.values()))["config"]["epochs"],
             )
-        state = _load_json(os.path.join(runs, m, "train_state.json"))
+        state = _load_json(os.path.join(run_dir(runs, m), "train_state.json"))
         if state and "test_top1_own_head" in state:
             row["own_head_top1"] = state["test_top1_own_head"]
         if row:
@@ -626,20 +667,33 @@ def collect(runs: str) -> dict[str, dict]:
 
 
 def markdown_table(table: dict[str, dict]) -> str:
+    """Results table; brackets list the single runs (pretraining seeds split by " / ")."""
+
     def pct(x):
         return f"{100 * x:.2f}" if x is not None else "n/a"
 
+    def by_pretraining_seed(seeds: dict[str, float]) -> str:
+        groups: dict[str, list[str]] = {}
+        for key, v in sorted(seeds.items(), key=lambda kv: tuple(map(int, kv[0].split("/")))):
+            groups.setdefault(key.split("/")[0], []).append(pct(v))
+        return " / ".join(", ".join(g) for g in groups.values())
+
     lines = [
-        "| model | kNN top-1 | kNN top-5 | linear top-1 (mean; seeds) | linear top-5 |",
+        "| model | kNN top-1 (mean; per pretraining seed) | kNN top-5 "
+        "| linear top-1 (mean; per probe seed) | linear top-5 |",
         "|---|---|---|---|---|",
     ]
     for m in MODELS:
         r = table.get(m, {})
-        seeds = r.get("linear_top1_seeds", {})
-        per = ", ".join(pct(v) for _, v in sorted(seeds.items()))
+        knn = pct(r.get("knn_top1"))
+        if len(r.get("knn_top1_seeds", {})) > 1:
+            knn += " (" + ", ".join(pct(v) for _, v in sorted(r["knn_top1_seeds"].items())) + ")"
+        lin = pct(r.get("linear_top1"))
+        if r.get("linear_top1_seeds"):
+            lin += f" ({by_pretraining_seed(r['linear_top1_seeds'])})"
         lines.append(
-            f"| {LABELS[m]} | {pct(r.get('knn_top1'))} | {pct(r.get('knn_top5'))} | "
-            f"{pct(r.get('linear_top1'))} ({per}) | {pct(r.get('linear_top5'))} |"
+            f"| {LABELS[m]} | {knn} | {pct(r.get('knn_top5'))} | {lin} | "
+            f"{pct(r.get('linear_top5'))} |"
         )
     return "\n".join(lines)
 
@@ -663,8 +717,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit", default="HEAD", help="commit whose care_tf the study runs")
     p.add_argument("--cores", default="0,1", help="CPU cores, one concurrent job each")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="linear-probe seeds")
+    p.add_argument(
+        "--pretrain_seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1],
+        help="pretraining seeds of CARE and BYOL (seed k > 0 runs in RUNS/care_seedk)",
+    )
     p.add_argument("--linear_epochs", type=int, default=80, help="linear-probe epochs")
-    p.add_argument("--sup_epochs", type=float, default=1, help="supervised baseline epochs")
+    p.add_argument("--sup_epochs", type=float, default=4, help="supervised baseline epochs")
     # random / supervised modes
     p.add_argument("--model_dir", default=None)
     p.add_argument("--seed", type=int, default=0)
