@@ -493,25 +493,27 @@ def plot_curves(runs: str, figures: str) -> dict[str, str]:
 
     os.makedirs(figures, exist_ok=True)
     paths = {}
-    curves = {}
-    for m in ("care", "byol"):
-        d = os.path.join(runs, m)
-        cfg_path = os.path.join(d, "config.yaml")
-        if not os.path.isfile(cfg_path):
-            continue
-        with open(cfg_path) as f:
-            spe = yaml.safe_load(f)["derived"]["steps_per_epoch"]
-        scalars = read_scalars(os.path.join(d, "logs", "train"))
-        curves[m] = {k: interval_means(scalars.get(f"train/{k}", []), spe) for k in LOSS_KEYS}
-        curves[m]["spe"] = spe
+    curves = {}  # (model, pretraining seed) -> loss curves
+    for m in SSL:
+        for ps, d in seed_dirs(runs, m):
+            cfg_path = os.path.join(d, "config.yaml")
+            if not os.path.isfile(cfg_path):
+                continue
+            with open(cfg_path) as f:
+                spe = yaml.safe_load(f)["derived"]["steps_per_epoch"]
+            scalars = read_scalars(os.path.join(d, "logs", "train"))
+            c = {k: interval_means(scalars.get(f"train/{k}", []), spe) for k in LOSS_KEYS}
+            curves[(m, ps)] = c
     if curves:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        for m, c in curves.items():
+        for (m, ps), c in curves.items():
             steps, vals = zip(*c["loss_c"], strict=True) if c["loss_c"] else ((), ())
-            axes[0].plot(steps, vals, color=COLOURS[m], lw=1, label=f"{LABELS[m]} $L_c$")
+            style = {"lw": 1} if ps == 0 else {"lw": 0.8, "ls": "--", "alpha": 0.6}
+            label = f"{LABELS[m]} $L_c$" + (f" (seed {ps})" if ps else "")
+            axes[0].plot(steps, vals, color=COLOURS[m], label=label, **style)
         axes[0].set(xlabel="step", ylabel="$L_c$ (C-stream BYOL loss)", title="C-stream loss")
-        if "care" in curves:
-            c = curves["care"]
+        if ("care", 0) in curves:
+            c = curves[("care", 0)]
             for k, style, lab in (
                 ("loss", "-", "$L$ (total)"),
                 ("loss_c", "--", "$L_c$"),
@@ -525,7 +527,7 @@ def plot_curves(runs: str, figures: str) -> dict[str, str]:
                 axes[1].plot(
                     s_, [100 * v for v in v_], "-.", color="k", lw=1, label=r"$100\,L_{att}$"
                 )
-            axes[1].set(xlabel="step", title="CARE loss terms")
+            axes[1].set(xlabel="step", title="CARE loss terms (seed 0)")
         for ax in axes:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
@@ -538,10 +540,12 @@ def plot_curves(runs: str, figures: str) -> dict[str, str]:
     # Accuracy: per-class kNN of the four models (online kNN curves when a run has more
     # than one monitor point); final probes of the four models.
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    online = {m: online_knn(os.path.join(runs, m)) for m in ("care", "byol")}
-    if all(len(p) > 1 for p in online.values()):
-        for m, pts in online.items():
-            axes[0].plot(*zip(*pts, strict=True), "o-", color=COLOURS[m], label=LABELS[m])
+    online = {(m, ps): online_knn(d) for m in SSL for ps, d in seed_dirs(runs, m)}
+    if online and all(len(p) > 1 for p in online.values()):
+        for (m, ps), pts in online.items():
+            style = "o-" if ps == 0 else "s--"
+            label = LABELS[m] + (f" (seed {ps})" if ps else "")
+            axes[0].plot(*zip(*pts, strict=True), style, color=COLOURS[m], label=label)
         axes[0].set(
             xlabel="epoch",
             ylabel="top-1 (%)",
