@@ -13,7 +13,8 @@ from care_tf.evaluate import (
     train_linear_probe,
     train_linear_probe_on_features,
 )
-from care_tf.evaluate.linear import predict_scores
+from care_tf.evaluate.linear import predict_scores, probe_optimizer
+from care_tf.train.sgd import TorchSGD
 
 
 def tiny_backbone():
@@ -30,6 +31,16 @@ def test_head_init_and_lr_rule():
     assert probe_learning_rate(1024) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="num_classes"):
         make_linear_head(1)
+
+
+def test_probe_optimizer_is_torch_sgd_with_cosine():
+    """The authors' torch.optim.SGD(momentum=0.9, weight_decay=0) under a cosine to 0."""
+    opt = probe_optimizer(0.4, total_steps=100)
+    assert isinstance(opt, TorchSGD) and opt.momentum == pytest.approx(0.9)
+    schedule = opt._learning_rate
+    for step in (0, 30, 100):
+        expected = 0.4 * 0.5 * (1 + np.cos(np.pi * step / 100))
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
 def test_probe_separates_linearly_separable_features():

@@ -1,8 +1,8 @@
 """The linear probe of METHOD.md: a Dense + BN head on frozen pooled features.
 
-Recipe: head = Dense(classes) (weights N(0, 0.01), bias 0) + BatchNorm; SGD
-momentum 0.9, no weight decay, lr = 0.2 x batch / 256 with cosine decay to 0,
-80 epochs. The backbone is frozen and always runs in inference mode (BN moving
+Recipe: head = Dense(classes) (weights N(0, 0.01), bias 0) + BatchNorm on the
+logits; SGD momentum 0.9 in PyTorch's convention (the authors' `torch.optim.SGD`),
+no weight decay, lr = 0.2 x batch / 256 with cosine decay to 0, 80 epochs. The backbone is frozen and always runs in inference mode (BN moving
 statistics are used and never updated).
 
 Two ways to train it:
@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from care_tf.evaluate.features import as_dataset, select_features
+from care_tf.train.sgd import TorchSGD
 
 BASE_LR = 0.2
 MOMENTUM = 0.9
@@ -60,9 +61,10 @@ def make_linear_head(num_classes: int, seed: int = 0, name: str = "linear_probe"
 
 
 def probe_optimizer(learning_rate: float, total_steps: int) -> keras.optimizers.Optimizer:
-    """SGD (momentum 0.9, no weight decay) with cosine decay to 0 over `total_steps`."""
+    """PyTorch-convention SGD (momentum 0.9, no weight decay), cosine decay to 0 over
+    `total_steps`: the authors' probe optimizer."""
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, total_steps))
-    return keras.optimizers.SGD(schedule, momentum=MOMENTUM)
+    return TorchSGD(schedule, momentum=MOMENTUM)
 
 
 @keras.saving.register_keras_serializable(package="care_tf")
