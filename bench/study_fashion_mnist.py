@@ -200,6 +200,8 @@ def run_queue(
             )
             with lock:
                 records[job.name] = rec
+                with open(os.path.join(log_dir, "jobs.jsonl"), "a") as f:
+                    f.write(json.dumps({"job": job.name, **rec}) + "\n")
                 (finished if ok else failed).add(job.name)
                 lock.notify_all()
 
@@ -702,6 +704,20 @@ def markdown_table(table: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def earlier_records(runs: str, old_results: dict) -> dict[str, dict]:
+    """Timed records of finished jobs from earlier launches: RUNS/logs/jobs.jsonl (written
+    as each job ends, so it survives an interrupted driver), else the old results.json."""
+    out = {n: r for n, r in (old_results.get("jobs") or {}).items() if "wall_s" in r}
+    path = os.path.join(runs, "logs", "jobs.jsonl")
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                rec = json.loads(line)
+                if rec.get("returncode") == 0:
+                    out[rec.pop("job")] = rec
+    return out
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -773,9 +789,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = os.path.join(ROOT, runs, "results.json" if args.mode == "study" else "results_plot.json")
     old = _load_json(path) or {}
-    if args.mode == "study" and old.get("jobs"):  # keep the timings of earlier, skipped jobs
-        for name, rec in old["jobs"].items():
-            if records.get(name, {}).get("skipped") == "already done" and "wall_s" in rec:
+    if args.mode == "study":  # keep the timings of earlier, skipped jobs
+        for name, rec in earlier_records(os.path.join(ROOT, runs), old).items():
+            if records.get(name, {}).get("skipped") == "already done":
                 records[name] = rec
     with open(path, "w") as f:
         json.dump(results, f, indent=2, default=list)

@@ -95,3 +95,19 @@ def test_study_jobs_queue_order(study):
     assert by_name["linear_byol_seed3_seed1"].after == ("train_byol_seed3",)
     assert "linear_random_seed1" not in by_name  # extra probe seeds only for the pair
     assert len(names) == len(set(names))
+
+
+def test_earlier_records_survive_an_interrupted_driver(study, tmp_path):
+    """Timings come from logs/jobs.jsonl (per finished job), then from the old results.json."""
+    (tmp_path / "logs").mkdir()
+    lines = [
+        {"job": "train_care", "returncode": 0, "wall_s": 10.0, "cpu_s": 9.0},
+        {"job": "knn_care", "returncode": 1, "wall_s": 1.0, "cpu_s": 1.0},
+    ]
+    (tmp_path / "logs" / "jobs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    old = {"jobs": {"train_byol": {"wall_s": 5.0}, "attention": {"skipped": "already done"}}}
+    got = study.earlier_records(str(tmp_path), old)
+    assert got == {
+        "train_care": {"returncode": 0, "wall_s": 10.0, "cpu_s": 9.0},
+        "train_byol": {"wall_s": 5.0},
+    }
