@@ -1,6 +1,6 @@
 """CARE vs BYOL on real Fashion-MNIST: pretrain, probe, compare (docs/results.md).
 
-    python bench/study_fashion_mnist.py            # the full study (~35 CPU min on 2 cores)
+    python bench/study_fashion_mnist.py            # the full study (~85 min on 2 cores)
     python bench/study_fashion_mnist.py --quick    # smoke run of every stage (1-2 min)
     python bench/study_fashion_mnist.py plot       # redraw the figures from existing runs
 
@@ -9,21 +9,24 @@ one CPU core (`taskset`, `TF_NUM_INTRAOP_THREADS=1`, `TF_NUM_INTEROP_THREADS=1`)
 two at a time from a queue:
 
 1. `python -m care_tf.train` with configs/study_care.yaml and configs/study_byol.yaml
-   (same model, data, budget and seed; only the T-stream differs), concurrently;
+   (same model, data, budget and seed; only the T-stream differs), concurrently,
+   for each pretraining seed (`--pretrain_seeds`, default 0 1; seed k > 0 in
+   RUNS/care_seedk and RUNS/byol_seedk);
 2. two baselines with the same backbone (built from the same config): a random
    initialisation (no training) and a supervised run (cross-entropy on labels,
    random resized crop + flip), both written as `backbone.keras` in a model_dir
    by this script's `random` and `supervised` modes;
-3. for each of the four: `python -m care_tf.evaluate knn` (k=200, T=0.1, the
+3. for each model: `python -m care_tf.evaluate knn` (k=200, T=0.1, the
    full 60k training set as memory bank, 10k test queries) and
    `python -m care_tf.evaluate linear --extract_features` over several seeds;
-4. `python -m care_tf.evaluate attention` (BYOL, CARE, supervised columns).
+4. `python -m care_tf.evaluate attention` (BYOL, CARE, supervised columns; seed 0).
 
 Then it draws the loss and accuracy curves (PNG) from the runs' TensorBoard
 scalars and metrics.csv, writes `RUNS/results.json` (figures, commands, wall
-and CPU seconds of every subprocess) and prints one JSON line of figures.
-Completed stages are skipped when the study is rerun, so an interrupted study
-can be continued with the same command.
+and CPU seconds of every subprocess; also appended to RUNS/logs/jobs.jsonl as
+each job ends) and prints one JSON line of figures. Completed stages are skipped
+when the study is rerun, so an interrupted study can be continued with the same
+command.
 """
 
 from __future__ import annotations
@@ -269,7 +272,9 @@ def study_jobs(s: dict, args) -> list[Job]:
     for ps in s["pretrain_seeds"]:
         for m in SSL:
             probes(m, ps, first, knn=True)
-    out = os.path.join(s["figures"], "attention.png")
+    # Written into the runs directory (the figures folder may hold an earlier study's
+    # grid, which must not mark this study's as done); copied to the figures by `main`.
+    out = os.path.join(runs, "attention.png")
     argv = [PY, "-m", "care_tf.evaluate", "attention", "--dataset", "fashion_mnist"]
     for m in ("byol", "care", "supervised"):
         argv += ["--model_dir", run_dir(runs, m), "--name", LABELS[m]]
@@ -777,6 +782,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"care_tf of {provenance['commit']} in {code}", flush=True)
         records = run_queue(jobs, cores, os.path.join(ROOT, runs, "logs"), cwd=code)
     figures = plot_curves(os.path.join(ROOT, runs), os.path.join(ROOT, s["figures"]))
+    grid = os.path.join(ROOT, runs, "attention.png")
+    if os.path.isfile(grid):
+        figures["attention"] = os.path.join(ROOT, s["figures"], "attention.png")
+        shutil.copyfile(grid, figures["attention"])
     table = collect(os.path.join(ROOT, runs))
     results = {
         "quick": args.quick,

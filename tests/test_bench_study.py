@@ -94,6 +94,8 @@ def test_study_jobs_queue_order(study):
     assert by_name["knn_care_seed3"].after == ("train_care_seed3",)
     assert by_name["linear_byol_seed3_seed1"].after == ("train_byol_seed3",)
     assert "linear_random_seed1" not in by_name  # extra probe seeds only for the pair
+    # The grid is done per study, not by an earlier study's PNG in the figures folder.
+    assert by_name["attention"].done == os.path.join("runs/study", "attention.png")
     assert len(names) == len(set(names))
 
 
