@@ -13,7 +13,9 @@ TF_VERSION = "2.21.0"
 setup(
     name="care_tf",
     version=version["__version__"],
-    description="CARE self-supervised learning (CNN attention revitalised by transformers) in Keras 3",
+    description=(
+        "CARE self-supervised learning (CNN attention revitalised by transformers) in Keras 3"
+    ),
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",

@@ -2,8 +2,9 @@
 
 Recipe: head = Dense(classes) (weights N(0, 0.01), bias 0) + BatchNorm on the
 logits; SGD momentum 0.9 in PyTorch's convention (the authors' `torch.optim.SGD`),
-no weight decay, lr = 0.2 x batch / 256 with cosine decay to 0, 80 epochs. The backbone is frozen and always runs in inference mode (BN moving
-statistics are used and never updated).
+no weight decay, lr = 0.2 x batch / 256 with cosine decay to 0, 80 epochs. The
+backbone is frozen and always runs in inference mode (BN moving statistics are
+used and never updated).
 
 Two ways to train it:
 - `train_linear_probe`: end to end on images (the paper: random resized crop +
