@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from care_tf.data import make_eval_dataset  # noqa: E402
+from care_tf.evaluate.__main__ import image_size_of, load_split  # noqa: E402
 from care_tf.evaluate.features import extract_features  # noqa: E402
 from care_tf.evaluate.linear import predict_scores, train_linear_probe_on_features  # noqa: E402
 from care_tf.model_dir import load_backbone  # noqa: E402
@@ -37,10 +37,8 @@ from care_tf.model_dir import load_backbone  # noqa: E402
 
 def features_of(backbone, dataset: str, split: str, limit: int | None) -> tuple:
     """Centre-crop pooled features (N, D) float32 and labels (N,) of one split."""
-    size = int(backbone.input_shape[1] or 224)
-    ds = make_eval_dataset(dataset, split=split, train=False, image_size=size, batch_size=256)
-    if limit:
-        ds = ds.unbatch().take(limit).batch(256)
+    size = image_size_of(backbone, None)
+    ds, _, _ = load_split(dataset, split, train=False, image_size=size, batch_size=256, limit=limit)
     return extract_features(backbone, ds)
 
 
@@ -110,9 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max_iter", type=int, default=2000, help="L-BFGS iterations")
     p.add_argument("--quick", action="store_true", help="random ResNet-18/8, 2048 images")
     args = p.parse_args(argv)
-    tmp = tempfile.mkdtemp(prefix="probe_convergence_")
     if args.quick:
-        args.model_dir = args.model_dir or [quick_model_dir(tmp)]
+        if not args.model_dir:
+            args.model_dir = [quick_model_dir(tempfile.mkdtemp(prefix="probe_convergence_"))]
         args.limit = args.limit or 2048
         args.epochs = min(args.epochs, 5)
         args.seeds = args.seeds[:2]

@@ -113,7 +113,6 @@ class Job:
 
     def __init__(self, name: str, argv: list[str], done: str, after: tuple[str, ...] = ()):
         self.name, self.argv, self.done, self.after = name, argv, done, after
-        self.record: dict = {}
 
 
 def run_job(job: Job, core: int | None, log_dir: str, cwd: str = ROOT) -> dict:
@@ -633,6 +632,17 @@ def _load_json(path: str) -> dict | None:
         return json.load(f)
 
 
+def _summarise(prefix: str, results: dict) -> dict:
+    """`{prefix}_top1/_top5` means, `_top1_range` and `_top1_seeds` of {run key: result}."""
+    top1 = [j["top1"] for j in results.values()]
+    return {
+        f"{prefix}_top1": sum(top1) / len(top1),
+        f"{prefix}_top5": sum(j["top5"] for j in results.values()) / len(results),
+        f"{prefix}_top1_range": (min(top1), max(top1)),
+        f"{prefix}_top1_seeds": {k: j["top1"] for k, j in results.items()},
+    }
+
+
 def collect(runs: str) -> dict[str, dict]:
     """Per model: kNN and linear top-1/top-5, means over pretraining and probe seeds.
 
@@ -652,23 +662,10 @@ def collect(runs: str) -> dict[str, dict]:
                     lin[f"{ps}/{j['config']['seed']}"] = j
         row: dict = {}
         if knn:
-            t1 = [j["top1"] for j in knn.values()]
-            row.update(
-                knn_top1=sum(t1) / len(t1),
-                knn_top5=sum(j["top5"] for j in knn.values()) / len(knn),
-                knn_top1_range=(min(t1), max(t1)),
-                knn_top1_seeds={ps: j["top1"] for ps, j in knn.items()},
-                knn_bank=next(iter(knn.values()))["num_train"],
-            )
+            row.update(_summarise("knn", knn), knn_bank=next(iter(knn.values()))["num_train"])
         if lin:
-            t1 = [j["top1"] for j in lin.values()]
-            row.update(
-                linear_top1=sum(t1) / len(t1),
-                linear_top5=sum(j["top5"] for j in lin.values()) / len(lin),
-                linear_top1_range=(min(t1), max(t1)),
-                linear_top1_seeds={k: j["top1"] for k, j in lin.items()},
-                linear_epochs=next(iter(lin.values()))["config"]["epochs"],
-            )
+            epochs = next(iter(lin.values()))["config"]["epochs"]
+            row.update(_summarise("linear", lin), linear_epochs=epochs)
         state = _load_json(os.path.join(run_dir(runs, m), "train_state.json"))
         if state and "test_top1_own_head" in state:
             row["own_head_top1"] = state["test_top1_own_head"]

@@ -1,4 +1,8 @@
-"""Small shared builders for the test-suite (tiny CARE models, parameter counts)."""
+"""Small shared builders for the test-suite (tiny CARE models, parameter counts, bench scripts)."""
+
+import importlib.util
+import os
+from types import ModuleType
 
 import numpy as np
 
@@ -22,3 +26,12 @@ def tiny_care(total_steps: int = 100, num_blocks: int = 2, **kwargs) -> care_tf.
         total_steps=total_steps,
         **kwargs,
     )
+
+
+def load_bench(name: str) -> ModuleType:
+    """The script `bench/<name>.py` imported as a module (bench/ is not a package)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,21 +1,15 @@
 """Helpers of bench/probe_convergence.py: cross-entropy and the converged logistic regression."""
 
-import importlib.util
 import math
-import os
 
 import numpy as np
 import pytest
-
-_PATH = os.path.join(os.path.dirname(__file__), "..", "bench", "probe_convergence.py")
+from care_testing import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("probe_convergence", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("probe_convergence")
 
 
 def test_cross_entropy_matches_per_example_formula(bench):

@@ -1,21 +1,16 @@
 """Helpers of bench/study_fashion_mnist.py: loss de-averaging and the results table."""
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
-
-_PATH = os.path.join(os.path.dirname(__file__), "..", "bench", "study_fashion_mnist.py")
+from care_testing import load_bench
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("study_fashion_mnist", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("study_fashion_mnist")
 
 
 def test_interval_means_recovers_per_step_losses(study):
