@@ -17,5 +17,5 @@ from care_tf.models import (
     list_backbones,
     register_backbone,
 )
-from care_tf.train import LARS, WarmupCosine
+from care_tf.train import LARS, Experiment, WarmupCosine, build_experiment
 from care_tf.version import __version__

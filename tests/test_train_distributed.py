@@ -29,7 +29,7 @@ def _env(**extra):
 
 def test_mirrored_matches_one_device():
     """2 steps over 2 replicas with sync BN == 2 steps on one device, same global batch."""
-    from care_tf.train.loop import build_model, make_step_function
+    from care_tf.train.experiment import build_model, make_step_function
 
     cfg = from_dict({
         "model": {"backbone": "resnet18", "image_size": 32, "base_channels": 8,

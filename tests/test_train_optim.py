@@ -147,7 +147,7 @@ def test_configured_weight_decay_reaches_the_update(tiny_byol, name):
     """One eager step with decay wd vs 0 from the same weights: the difference is the decay."""
     import dataclasses
 
-    from care_tf.train.loop import build_model
+    from care_tf.train.experiment import build_model
 
     cfg, derived = tiny_byol
     rng = np.random.default_rng(0)

@@ -6,5 +6,6 @@ TensorFlow initialises its runtime.
 """
 
 from care_tf.train.config import Config, ConfigError, load_config
+from care_tf.train.experiment import Experiment, build_experiment
 from care_tf.train.optimizers import LARS, build_optimizer
 from care_tf.train.schedules import WarmupCosine

@@ -1,11 +1,13 @@
 """The training loop behind `python -m care_tf.train`: build, restore, step, log, save.
 
-One tf.data iterator per worker yields that worker's share of the global batch;
-the compiled step takes the next batch, slices it per local replica and runs
-`CARE.train_step` on each replica under the strategy. The iterator is a plain
-`tf.data.Iterator`, so it is checkpointed with the model and optimizer
-(distributed iterators are not checkpointable), and a resumed run continues at
-the same step with the same data, learning rate, momentum and optimizer state.
+The model, data and monitors come from `care_tf.train.experiment.build_experiment`,
+the same builder `model.fit` users call. One tf.data iterator per worker yields
+that worker's share of the global batch; the compiled step takes the next batch,
+slices it per local replica and runs `CARE.train_step` on each replica under the
+strategy. The iterator is a plain `tf.data.Iterator`, so it is checkpointed with
+the model and optimizer (distributed iterators are not checkpointable), and a
+resumed run continues at the same step with the same data, learning rate,
+momentum and optimizer state.
 """
 
 from __future__ import annotations
@@ -30,16 +32,8 @@ from care_tf.train.callbacks import (
     check_finite,
 )
 from care_tf.train.checkpoint import TrainCheckpoint
-from care_tf.train.config import (
-    Config,
-    ConfigError,
-    Derived,
-    derive,
-    dump_yaml,
-    resolved_dict,
-)
-from care_tf.train.optimizers import build_optimizer, model_weight_decay
-from care_tf.train.schedules import WarmupCosine
+from care_tf.train.config import Config, ConfigError, dump_yaml, resolved_dict
+from care_tf.train.experiment import build_experiment
 from care_tf.train.strategy import WorkerInfo, check_global_batch, worker_info
 
 TRAIN_STATE = "train_state.json"
@@ -55,108 +49,6 @@ RESUMABLE_CHANGES = (
 
 
 # ------------------------------------------------------------------- helpers
-def load_train_source(cfg: Config):
-    """The training Source of `cfg.data`, cut to `max_examples` when set."""
-    from care_tf.data import load_source
-
-    try:
-        source = load_source(cfg.data.source, cfg.data.split, skip_corrupt=cfg.data.skip_corrupt)
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(f"Config key 'data.source' ({cfg.data.source!r}): {e}") from e
-    n = cfg.data.max_examples
-    if n is not None:
-        images = getattr(source, "images", None)
-        if images is None:
-            raise ConfigError(
-                "Config key 'data.max_examples' works with in-memory sources (fashion_mnist); "
-                f"{cfg.data.source!r} is read from files: use a split expression instead."
-            )
-        source = dataclasses.replace(
-            source, images=images[:n], labels=source.labels[:n], num_examples=min(n, len(images))
-        )
-    return source
-
-
-def num_examples_of(cfg: Config, source) -> int:
-    n = cfg.data.num_examples or source.num_examples
-    if not n:
-        raise ConfigError(
-            f"The size of {cfg.data.source!r} is unknown: set data.num_examples "
-            "(examples per epoch)."
-        )
-    return int(n)
-
-
-def build_model(cfg: Config, derived: Derived):
-    """The compiled CARE model of `cfg` (call inside `strategy.scope()`).
-
-    Returns:
-        (model, schedule): the schedule gives the lr of any step.
-    """
-    from care_tf import CARE
-
-    m = cfg.model
-    backbone_kwargs = dict(m.backbone_kwargs)
-    if m.base_channels is not None:
-        backbone_kwargs["base_channels"] = m.base_channels
-    augmenter = None
-    if cfg.data.placement == "device":
-        from care_tf.data import TwoViewAugment
-
-        augmenter = TwoViewAugment(m.image_size, seed=cfg.train.seed)
-    model = CARE.from_preset(
-        m.backbone,
-        m.image_size,
-        stem=m.stem,
-        sync_bn=m.sync_bn,
-        backbone_kwargs=backbone_kwargs,
-        transformer_kwargs=dict(m.transformer_kwargs) if m.t_stream else None,
-        hidden_dim=m.hidden_dim,
-        projection_dim=m.projection_dim,
-        lambda_att=m.lambda_att,
-        base_momentum=m.base_momentum,
-        total_steps=derived.total_steps,  # the momentum schedule spans the whole run
-        t_stream=m.t_stream,
-        weight_decay=model_weight_decay(cfg.optimizer),
-        augmenter=augmenter,
-    )
-    s = cfg.schedule
-    schedule = WarmupCosine(
-        derived.peak_lr,
-        derived.total_steps,
-        derived.warmup_steps,
-        warmup_start_lr=s.warmup_start_lr,
-        end_lr=s.end_lr,
-    )
-    optimizer = build_optimizer(cfg.optimizer, schedule, model.trainable_weights)
-    model.compile(optimizer=optimizer)
-    model.optimizer.build(model.trainable_weights)
-    return model, schedule
-
-
-def make_dataset(cfg: Config, source, worker: WorkerInfo) -> tf.data.Dataset:
-    """This worker's stream of batches of global_batch / num_workers examples."""
-    from care_tf.data import make_pretrain_dataset
-
-    context = tf.distribute.InputContext(
-        num_input_pipelines=worker.num_workers,
-        input_pipeline_id=worker.task_id,
-        num_replicas_in_sync=worker.num_workers,  # one batch per worker, sliced per replica
-    )
-    return make_pretrain_dataset(
-        source,
-        batch_size=cfg.train.global_batch_size,
-        image_size=cfg.model.image_size,
-        seed=cfg.train.seed,
-        placement=cfg.data.placement,
-        input_context=context,
-        shuffle_buffer=cfg.data.shuffle_buffer,
-        cache=cfg.data.cache,
-        skip_corrupt=cfg.data.skip_corrupt,
-        split=cfg.data.split,
-    )
-
-
 def make_step_function(model: keras.Model, strategy: tf.distribute.Strategy):
     """A compiled `step(iterator) -> logs`: next worker batch, split over local replicas."""
     local = strategy.num_replicas_in_sync // max(
@@ -272,14 +164,6 @@ def run(
             f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by the "
             f"{worker.num_workers} workers."
         )
-    if cfg.train.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(cfg.train.seed)
-    keras.mixed_precision.set_global_policy(cfg.train.precision)
-
-    source = load_train_source(cfg)
-    derived = derive(cfg, num_examples_of(cfg, source))
-
     ckpt_dir = layout.path(model_dir, layout.CHECKPOINTS)
     has_checkpoint = tf.train.latest_checkpoint(ckpt_dir) is not None
     if has_checkpoint and not resume:
@@ -289,14 +173,14 @@ def run(
         )
     if resume and has_checkpoint:
         check_resume_config(layout.read_config(model_dir), cfg)
+    exp = build_experiment(cfg, strategy=strategy, model_dir=model_dir)
+    model, schedule, derived = exp.model, exp.schedule, exp.derived
     if worker.is_chief:
         os.makedirs(model_dir, exist_ok=True)
         with open(layout.path(model_dir, layout.CONFIG), "w") as f:
             f.write(dump_yaml(resolved_dict(cfg, derived)))
 
-    with strategy.scope():
-        model, schedule = build_model(cfg, derived)
-    iterator = iter(make_dataset(cfg, source, worker))
+    iterator = iter(exp.dataset)
     checkpoint = TrainCheckpoint(
         model_dir,
         model,
@@ -326,7 +210,7 @@ def run(
     )
     csv_log = CSVLog(layout.path(model_dir, layout.METRICS_CSV)) if chief else None
     callbacks = keras.callbacks.CallbackList(
-        make_monitors(cfg, model_dir) if chief else [],
+        exp.callbacks,
         model=model,
         epochs=-(-total // spe),
         steps=spe,
@@ -405,41 +289,6 @@ def run(
     return result
 
 
-def make_monitors(cfg: Config, model_dir: str) -> list:
-    """The online kNN / linear-probe callbacks asked for in `cfg.monitor` (may be [])."""
-    mon = cfg.monitor
-    if not mon.knn_every_epochs and not mon.linear_probe:
-        return []
-    from care_tf.evaluate.__main__ import load_split
-    from care_tf.evaluate.monitors import KNNMonitor, OnlineLinearProbe
-
-    spec = mon.source or cfg.data.source
-    size = cfg.model.image_size
-    train, source, _ = load_split(
-        spec, "train", train=False, image_size=size, batch_size=256, limit=mon.train_examples
-    )
-    val, _, _ = load_split(
-        spec, mon.val_split, train=False, image_size=size, batch_size=256, limit=mon.val_examples
-    )
-    log_dir = os.path.join(layout.path(model_dir, layout.LOGS), "monitor")
-    monitors = []
-    if mon.knn_every_epochs:
-        monitors.append(
-            KNNMonitor(
-                train,
-                val,
-                every_n_epochs=mon.knn_every_epochs,
-                num_classes=source.num_classes,
-                log_dir=log_dir,
-            )
-        )
-    if mon.linear_probe:
-        monitors.append(
-            OnlineLinearProbe(train, val, num_classes=source.num_classes, log_dir=log_dir)
-        )
-    return monitors
-
-
 def finish(model: keras.Model, model_dir: str, result: RunResult, worker: WorkerInfo) -> None:
     """Writes the final model, the backbone alone and `train_state.json` (chief)."""
     target = [w for layer in model.target_layers for w in layer.weights]
@@ -468,4 +317,4 @@ def finish(model: keras.Model, model_dir: str, result: RunResult, worker: Worker
         json.dump(state, f, indent=2)
 
 
-__all__ = ["run", "RunResult", "NonFiniteLossError", "read_train_state", "build_model"]
+__all__ = ["run", "RunResult", "NonFiniteLossError", "read_train_state"]
