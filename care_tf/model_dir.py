@@ -4,6 +4,7 @@ model_dir/
   config.yaml        resolved experiment config (written at the start of training)
   model.keras        the full CARE model (online + target + optimizer state), final
   backbone.keras     the online CNN backbone alone, final: what evaluate/export use
+  classifier.keras   backbone + linear head (written by `care_tf.convert --linear`)
   checkpoints/       tf.train checkpoints for exact resume
   logs/              TensorBoard event files
   metrics.csv        per-epoch CSV log
@@ -18,6 +19,7 @@ import keras
 CONFIG = "config.yaml"
 MODEL = "model.keras"
 BACKBONE = "backbone.keras"
+CLASSIFIER = "classifier.keras"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 METRICS_CSV = "metrics.csv"
@@ -42,6 +44,21 @@ def load_backbone(model_dir: str) -> keras.Model:
         raise FileNotFoundError(
             f"No trained backbone in {model_dir!r}: expected {BACKBONE} (or {MODEL}) there. "
             "Train with `python -m care_tf.train --model_dir DIR` first, or pass a .keras file."
+        )
+    return keras.saving.load_model(candidate, compile=False)
+
+
+def load_classifier(model_dir: str) -> keras.Model:
+    """Loads a run's `classifier.keras` (or a classifier `.keras` file given directly).
+
+    Raises:
+        FileNotFoundError: naming what was looked for.
+    """
+    candidate = model_dir if model_dir.endswith(".keras") else path(model_dir, CLASSIFIER)
+    if not os.path.isfile(candidate):
+        raise FileNotFoundError(
+            f"No classifier in {model_dir!r}: expected {CLASSIFIER} there. Convert a linear "
+            "checkpoint with `python -m care_tf.convert CKPT --linear LINEAR.pth --out DIR`."
         )
     return keras.saving.load_model(candidate, compile=False)
 
