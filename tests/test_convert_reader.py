@@ -7,7 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from torch_checkpoint import _Storage, _stand_in_torch, _Tensor, to_torch_objects, write_torch_zip
+from torch_checkpoint import _stand_in_torch, _Storage, _Tensor, write_torch_zip
 
 from care_tf.convert.torch_zip import (
     CheckpointError,

@@ -224,7 +224,8 @@ def check_out(out: str, overwrite: bool) -> None:
         raise ConvertError(f"--out {out!r} is a file: give a directory for the run.")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
         raise ConvertError(
-            f"--out {out!r} is not empty: pass --overwrite to replace it, or choose a new directory."
+            f"--out {out!r} is not empty: pass --overwrite to replace it, or choose a new "
+            "directory."
         )
 
 

@@ -12,7 +12,7 @@ Authors' names (after the `module.` prefix is stripped; `bot.` is read as `trans
 | `trans.net.{k}.net.3.to_qkv` | `mhsa.qkv` (channels q, k, v x heads x dim: same order) | |
 | `trans.net.{k}.net.3.pos_emb.height`, `.width` | `mhsa.pos_height`, `mhsa.pos_width` | none |
 | `trans.net.{k}.net.5`, `.7`, `.8` | `bn_mid`, `conv_out`, `bn_out` | |
-| `fc1.0/1/3` (`fc2.*`) | C- (T-) stream projector `dense_hidden/bn/dense_out` | Linear (out, in) -> (in, out) |
+| `fc1.0/1/3` (`fc2.*`) | C- (T-) projector `dense_hidden/bn/dense_out` | (out, in) -> (in, out) |
 | `fc1.4/5/7` (`fc2.*`) | C- (T-) stream predictor (online network only) | |
 | `classifier.0`, `classifier.1` | linear head `fc` (Dense), `bn` (BatchNorm) | |
 
