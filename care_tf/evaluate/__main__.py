@@ -270,6 +270,30 @@ def run_linear(args) -> dict:
     return _save_results(args, "linear", results, "Linear probe")
 
 
+def run_classifier(args) -> dict:
+    """Top-1/top-5 of a trained classifier (`classifier.keras`, e.g. converted) on a split."""
+    from care_tf.evaluate.linear import predict_scores
+    from care_tf.evaluate.report import classification_report
+    from care_tf.model_dir import load_classifier
+
+    start = time.time()
+    try:
+        classifier = load_classifier(args.model_dir)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from e
+    size = image_size_of(classifier.backbone, args.image_size)
+    common = dict(image_size=size, batch_size=args.batch_size, limit=args.limit)
+    eval_ds, source, _ = load_split(
+        args.dataset, args.eval_split, train=False, data_dir=args.data_dir, **common
+    )
+    scores, labels = predict_scores(classifier, eval_ds)
+    report = classification_report(scores, labels, source.class_names)
+    results = {"protocol": "classifier", "model_dir": args.model_dir, "dataset": args.dataset}
+    results.update(eval_split=args.eval_split, config=common, **report)
+    results["seconds"] = round(time.time() - start, 1)
+    return _save_results(args, "classifier", results, "Classifier")
+
+
 def run_attention(args) -> dict:
     """Attention overlays of one or more backbones on the first N images of a split."""
     from care_tf.evaluate.attention import attention_maps, save_attention_grid
@@ -317,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m care_tf.evaluate",
         description="Evaluate a pretrained CARE backbone: linear probe, kNN, attention maps.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{linear,knn,attention}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{linear,knn,attention,classifier}"
+    )
 
     def data_args(p, splits=True):
         p.add_argument(
@@ -398,6 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"vote temperature (default: {DEFAULT_TEMPERATURE})",
     )
 
+    classifier = sub.add_parser(
+        "classifier",
+        help="accuracy of a trained classifier (classifier.keras, e.g. from care_tf.convert)",
+        description="Top-1 / top-5 of MODEL_DIR/classifier.keras on --eval_split; no training.",
+    )
+    common(classifier)
+
     attention = sub.add_parser(
         "attention",
         help="attention-map overlays comparing models",
@@ -436,7 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"linear": run_linear, "knn": run_knn, "attention": run_attention}
+COMMANDS = {
+    "linear": run_linear,
+    "knn": run_knn,
+    "attention": run_attention,
+    "classifier": run_classifier,
+}
 
 
 def main(argv: list[str] | None = None) -> dict:

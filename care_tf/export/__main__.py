@@ -70,6 +70,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--image_size", type=int, help="crop size, only for backbones without a fixed input size"
     )
+    parser.add_argument(
+        "--classifier",
+        action="store_true",
+        help="export MODEL_DIR/classifier.keras (care_tf.convert --linear) as a SavedModel "
+        "serving top-k class ids and scores; --name defaults to care_classifier",
+    )
+    parser.add_argument(
+        "--top_k", type=int, default=5, help="classes returned with --classifier (default: 5)"
+    )
     return parser.parse_args(argv)
 
 
@@ -78,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     from care_tf.export import ExportError, export_backbone
 
     try:
+        if args.classifier:
+            return _export_classifier(args)
         export_backbone(
             model_dir=args.model_dir,
             out=args.out,
@@ -94,6 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _export_classifier(args: argparse.Namespace) -> int:
+    from care_tf.export import ExportError
+    from care_tf.export.classifier import export_classifier
+
+    if args.format == "tflite" or args.quantize != "none" or args.feature_maps:
+        raise ExportError(
+            "--classifier exports a SavedModel only: drop --format tflite, "
+            "--quantize and --feature_maps."
+        )
+    name = "care_classifier" if args.name == "care" else args.name
+    export_classifier(args.model_dir, args.out, name, args.version, args.top_k, args.overwrite)
     return 0
 
 
