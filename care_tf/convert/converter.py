@@ -168,6 +168,7 @@ def convert_linear(state: StateDict, image_size: int):
     variables = list(backbone.weights) + list(head.weights)
     mapping.check_plan(plan, shapes, variables, state.path)
     scalars = mapping.apply_plan(plan, state.read)
+    classifier(np.zeros((1, image_size, image_size, 3), "float32"))  # builds the model
     info = {
         "backbone": dataclasses.asdict(spec),
         "num_classes": int(num_classes),
