@@ -53,6 +53,7 @@ setup(
             "care-train=care_tf.train.__main__:main",
             "care-evaluate=care_tf.evaluate.__main__:main",
             "care-export=care_tf.export.__main__:main",
+            "care-convert=care_tf.convert.__main__:main",
         ]
     },
 )
