@@ -68,19 +68,6 @@ def test_resnet50_classifier_names_and_shapes_match_the_fixture():
     ]
 
 
-@pytest.mark.slow
-def test_resnet50_care_names_and_shapes_match_the_fixture():
-    """The full-size pretraining checkpoint maps exactly onto CARE ResNet-50 (154M weights)."""
-    shapes = {k[len("module.") :]: s for k, s, _ in fixture_keys("pretrain")}
-    backbone = arch.infer_backbone(shapes, "student_encoder.")
-    stack = arch.infer_transformer(shapes, "student_encoder.trans.")
-    model = arch.build_care(backbone, stack, arch.infer_heads(shapes, "student_encoder.fc1."), 224)
-    plan = mapping.care_assignments(model)
-    variables = [v for layer in model.online_layers + model.target_layers for v in layer.weights]
-    mapping.check_plan(plan, shapes, variables, "fixture")
-    assert sum(int(np.prod(a.torch_shape)) for a in plan if "student" in a.key) > 79_440_448
-
-
 # --------------------------------------------------- independent destinations
 def _conv_to_hwio(value):
     return value.transpose(2, 3, 1, 0)
@@ -331,3 +318,49 @@ def test_bot_name_and_relative_position_embeddings(tmp_path):
     path = _write(tmp_path, keys, relative)
     with pytest.raises(mapping.MappingError, match="relative position embeddings"):
         convert_checkpoint(path, str(tmp_path / "run"), log=lambda _: None)
+
+
+@pytest.mark.slow
+def test_full_size_resnet50_checkpoints_convert_value_exact(tmp_path):
+    """The authors' full ResNet-50 layout (fixture keys, random values): 155M + 26M values."""
+    import keras
+
+    pre = write_pretrain_checkpoint(str(tmp_path / "pre.pth"), fixture_keys("pretrain"))
+    lin = write_linear_checkpoint(str(tmp_path / "lin.pth"), fixture_keys("linear"))
+    out = tmp_path / "run"
+    record = convert_checkpoint(
+        str(tmp_path / "pre.pth"), str(out), str(tmp_path / "lin.pth"), log=lambda _: None
+    )
+    assert record["pretrain"]["keys_mapped"] == 758 and record["linear"]["keys_mapped"] == 271
+    model = keras.saving.load_model(out / "model.keras", compile=False)
+    assert model.backbone.input_shape == (None, 224, 224, 3)
+    online = _check_every_tensor(
+        {k: v for k, v in pre.items() if ".student_encoder." in k},
+        "module.student_encoder.",
+        model.backbone,
+        model.transformer,
+        {
+            "fc1": (model.c_projector, model.c_predictor),
+            "fc2": (model.t_projector, model.t_predictor),
+        },
+    )
+    target = _check_every_tensor(
+        {k: v for k, v in pre.items() if ".teacher_encoder." in k},
+        "module.teacher_encoder.",
+        model.target_backbone,
+        model.target_transformer,
+        {"fc1": (model.target_c_projector,), "fc2": (model.target_t_projector,)},
+    )
+    every = [v for layer in model.online_layers + model.target_layers for v in layer.weights]
+    assert {id(v) for v in every} == online | target
+    del model
+    classifier = keras.saving.load_model(out / "classifier.keras", compile=False)
+    seen = _check_every_tensor(
+        lin,
+        "module.",
+        classifier.backbone,
+        None,
+        {"classifier": (classifier.head,)},
+        skip=("encoder.fc.",),
+    )
+    assert {id(v) for v in classifier.weights} == seen

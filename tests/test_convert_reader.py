@@ -63,12 +63,12 @@ def test_reads_views_with_offset_and_stride(tmp_path):
         assert [n for n in zf.namelist() if "/data/" in n] == ["archive/data/0"]
 
 
-def _write_objects(path, obj):
+def _write_objects(path, obj, tensors=None):
     """write_torch_zip for objects that already hold _Tensor instances."""
     import io
 
     with _stand_in_torch() as (torch, utils):
-        for value in obj.values():
+        for value in tensors or obj.values():
             value.rebuild = utils._rebuild_tensor_v2
             value.storage.storage_type = torch.FloatStorage
         ids, storages = {}, []
@@ -186,3 +186,33 @@ def test_torchscript_and_truncated_archives(tmp_path):
     tensor = load_checkpoint(path)["w"]
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         tensor.numpy()
+
+
+class _Parameter:
+    """Pickles like an nn.Parameter with Python state: _rebuild_from_type_v2 around
+    _rebuild_parameter around a tensor."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def __reduce_ex__(self, protocol):
+        import sys
+
+        tensor_module = sys.modules["torch._tensor"]
+        utils = sys.modules["torch._utils"]
+        parameter = sys.modules["torch.nn.parameter"].Parameter
+        args = (self.tensor, True, collections.OrderedDict())
+        return (
+            tensor_module._rebuild_from_type_v2,
+            (utils._rebuild_parameter, parameter, args, {"note": 1}),
+        )
+
+
+def test_reads_parameters_rebuilt_from_type(tmp_path):
+    value = np.arange(6, dtype=np.float32).reshape(3, 2)
+    path = tmp_path / "param.pth"
+    with _stand_in_torch() as (torch, utils):
+        storage = _Storage(value, torch.FloatStorage)
+        tensor = _Tensor(storage, 0, (3, 2), (2, 1), utils._rebuild_tensor_v2)
+        _write_objects(path, {"p": _Parameter(tensor)}, tensors=[tensor])
+    np.testing.assert_array_equal(load_checkpoint(path)["p"].numpy(), value)

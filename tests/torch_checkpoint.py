@@ -184,25 +184,35 @@ class _Tensor:
         return (self.rebuild, (self.storage, self.offset, self.shape, self.stride, False, hooks))
 
 
+STAND_IN_FUNCTIONS = (
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+)
+
+
 @contextlib.contextmanager
 def _stand_in_torch():
-    """Modules `torch` and `torch._utils` holding the names the pickle refers to."""
-    saved = {name: sys.modules.get(name) for name in ("torch", "torch._utils")}
-    torch = types.ModuleType("torch")
-    utils = types.ModuleType("torch._utils")
+    """Modules `torch`, `torch._utils`, ... holding the names the pickle refers to."""
+    names = ("torch", "torch._utils", "torch._tensor", "torch.nn", "torch.nn.parameter")
+    saved = {name: sys.modules.get(name) for name in names}
+    modules = {name: types.ModuleType(name) for name in names}
+    torch = modules["torch"]
     for name in (*STORAGE_NAMES.values(), "UntypedStorage"):
         setattr(torch, name, type(name, (), {"__module__": "torch"}))
+    parameter = type("Parameter", (), {"__module__": "torch.nn.parameter"})
+    modules["torch.nn.parameter"].Parameter = parameter
 
-    def _rebuild_tensor_v2(*args):
+    def never_called(*args):
         raise AssertionError("never called while writing")
 
-    _rebuild_tensor_v2.__module__ = "torch._utils"
-    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
-    utils._rebuild_tensor_v2 = _rebuild_tensor_v2
-    torch._utils = utils
-    sys.modules.update({"torch": torch, "torch._utils": utils})
+    for module, name in STAND_IN_FUNCTIONS:
+        function = types.FunctionType(never_called.__code__, {}, name)
+        function.__module__, function.__qualname__ = module, name
+        setattr(modules[module], name, function)
+    sys.modules.update(modules)
     try:
-        yield torch, utils
+        yield torch, modules["torch._utils"]
     finally:
         for name, module in saved.items():
             if module is None:

@@ -193,6 +193,20 @@ def _rebuild_parameter(data, requires_grad, hooks, state=None):
     return data
 
 
+@dataclasses.dataclass(frozen=True)
+class TensorType:
+    """A tensor class named in the pickle (`torch.Tensor`, `torch.nn.parameter.Parameter`)."""
+
+    name: str
+
+
+def _rebuild_from_type_v2(func, new_type, args, state):
+    # How torch pickles a tensor that carries Python attributes: rebuild, then set them.
+    if func not in _REBUILDERS or not isinstance(new_type, TensorType):
+        raise CheckpointError(f"Unexpected tensor rebuild {func!r} / {new_type!r}.")
+    return func(*args)
+
+
 def _codecs_encode(text, encoding="utf-8"):
     # Protocol-2 pickles write `bytes` as _codecs.encode(str, "latin1").
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
@@ -218,7 +232,12 @@ class _TypedStorage:
     storage: Storage
 
 
+_REBUILDERS = (_rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter)
 _SAFE_GLOBALS = {
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch", "Tensor"): TensorType("Tensor"),
+    ("torch._tensor", "Tensor"): TensorType("Tensor"),
+    ("torch.nn.parameter", "Parameter"): TensorType("Parameter"),
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
