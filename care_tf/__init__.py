@@ -1,6 +1,7 @@
 """care_tf: CARE self-supervised pretraining (NeurIPS 2021) in Keras 3 / TensorFlow."""
 
 from care_tf import data
+from care_tf.convert import convert_checkpoint
 from care_tf.data import TwoViewAugment, make_eval_dataset, make_pretrain_dataset
 from care_tf.evaluate import KNNMonitor, OnlineLinearProbe, attention_maps, knn_evaluate
 from care_tf.export import export_backbone
