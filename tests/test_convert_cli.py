@@ -89,6 +89,9 @@ def test_run_directory_contents_and_overwrite(converted, tmp_path):
         "convert.json",
         "model.keras",
     ]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(converted).st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
     config = yaml.safe_load((converted / "config.yaml").read_text())
     assert config["model"]["backbone"] == "resnet18"
     assert config["model"]["image_size"] == 64 and config["model"]["base_channels"] == 8

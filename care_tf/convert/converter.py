@@ -230,6 +230,13 @@ def check_out(out: str, overwrite: bool) -> None:
         )
 
 
+def _default_permissions(path: str) -> None:
+    """Gives a `mkdtemp` directory (mode 0700) the usual mode under the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
 def _publish(tmp: str, out: str) -> None:
     """Renames the finished `tmp` directory to `out` (replacing an old `out`)."""
     old = None
@@ -357,6 +364,7 @@ def convert_checkpoint(
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    _default_permissions(tmp)
     try:
         for name, model in files.items():
             log(f"[convert] writing {name}")

@@ -280,7 +280,8 @@ def export_classifier(
         raise ExportError(f"--top_k must be in 1..{classes} (the classes); got {top_k}.")
     log(f"[export] {classes} classes, {source.image_size}x{source.image_size} input, top {top_k}")
     os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=os.path.dirname(final))
+    tmp = os.path.join(os.path.dirname(final), f".tmp-{version}")  # as export_backbone
+    shutil.rmtree(tmp, ignore_errors=True)
     try:
         log(f"[export] writing SavedModel to {final}")
         write_classifier_saved_model(classifier, source, tmp, top_k)
