@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from torch_checkpoint import (
     authors_keys,
+    check_every_tensor,
     write_linear_checkpoint,
     write_pretrain_checkpoint,
     write_torch_zip,
@@ -17,21 +16,74 @@ from torch_checkpoint import (
 from care_tf.convert.__main__ import main
 
 SMALL = dict(depth=18, base=8, trans_blocks=2, fmap=4, heads=2, hidden=32, proj=16, num_classes=10)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """A run directory converted from small checkpoints in the authors' layout."""
+def checkpoints(tmp_path_factory):
+    """Small checkpoints in the authors' layout: (folder, pretrain state, linear state)."""
     root = tmp_path_factory.mktemp("convert")
-    write_pretrain_checkpoint(str(root / "pre.pth"), authors_keys("pretrain", **SMALL))
-    write_linear_checkpoint(str(root / "lin.pth"), authors_keys("linear", **SMALL))
+    pre = write_pretrain_checkpoint(str(root / "pre.pth"), authors_keys("pretrain", **SMALL))
+    lin = write_linear_checkpoint(str(root / "lin.pth"), authors_keys("linear", **SMALL))
+    return root, pre, lin
+
+
+@pytest.fixture(scope="module")
+def converted(checkpoints):
+    """The run directory `python -m care_tf.convert pre.pth --linear lin.pth` writes."""
+    root = checkpoints[0]
     run = root / "run"
     assert main([str(root / "pre.pth"), "--linear", str(root / "lin.pth"), "--out", str(run)]) == 0
     return run
 
 
-def test_cli_refuses_an_unsafe_checkpoint_without_running_it(tmp_path):
+def test_every_tensor_lands_in_its_keras_weight(converted, checkpoints):
+    """Values, not shapes: each key's tensor (transposed as the layer needs) is in exactly
+    the Keras weight the authors' module structure says, and every weight got one."""
+    import keras
+
+    _, pre, lin = checkpoints
+    record = json.loads((converted / "convert.json").read_text())
+    assert record["sources"]["pretrain"]["epoch"] == 100
+    assert record["pretrain"]["image_size"] == 64
+
+    model = keras.saving.load_model(converted / "model.keras", compile=False)
+    online = check_every_tensor(
+        {k: v for k, v in pre.items() if ".student_encoder." in k},
+        "module.student_encoder.",
+        model.backbone,
+        model.transformer,
+        {
+            "fc1": (model.c_projector, model.c_predictor),
+            "fc2": (model.t_projector, model.t_predictor),
+        },
+    )
+    target = check_every_tensor(
+        {k: v for k, v in pre.items() if ".teacher_encoder." in k},
+        "module.teacher_encoder.",
+        model.target_backbone,
+        model.target_transformer,
+        {"fc1": (model.target_c_projector,), "fc2": (model.target_t_projector,)},
+    )
+    every = [v for layer in model.online_layers + model.target_layers for v in layer.weights]
+    assert {id(v) for v in every} == online | target
+
+    backbone = keras.saving.load_model(converted / "backbone.keras", compile=False)
+    for a, b in zip(backbone.weights, model.backbone.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    classifier = keras.saving.load_model(converted / "classifier.keras", compile=False)
+    seen = check_every_tensor(
+        lin,
+        "module.",
+        classifier.backbone,
+        None,
+        {"classifier": (classifier.head,)},
+        skip=("encoder.fc.",),
+    )
+    assert {id(v) for v in classifier.weights} == seen
+
+
+def test_cli_refuses_an_unsafe_checkpoint_without_running_it(tmp_path, capsys):
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -40,17 +92,12 @@ def test_cli_refuses_an_unsafe_checkpoint_without_running_it(tmp_path):
 
     path = tmp_path / "evil.pth"
     write_torch_zip(str(path), {"model": {"w": np.ones(2, np.float32)}, "x": Evil()})
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    proc = subprocess.run(
-        [sys.executable, "-m", "care_tf.convert", str(path), "--out", str(tmp_path / "run")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "evil.pth" in lines[0] and "system" in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path), "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "evil.pth" in err, err
+    assert "system" in err and "Nothing from the file was run" in err
     assert not marker.exists() and not (tmp_path / "run").exists()
 
 

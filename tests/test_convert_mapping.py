@@ -1,13 +1,13 @@
 """The authors' key map: the fixture, every tensor's destination and value, the attention layout."""
 
 import os
-import re
 
 import numpy as np
 import pytest
 from torch_checkpoint import (
     FIXTURE,
     authors_keys,
+    check_every_tensor,
     random_state_dict,
     read_fixture,
     write_linear_checkpoint,
@@ -18,19 +18,12 @@ from care_tf.convert import architecture as arch
 from care_tf.convert import mapping
 from care_tf.convert.converter import convert_checkpoint, read_state_dict
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small CARE: ResNet-18 at base width 8, 7x7 stem, 64 px -> res4 4x4; 2 BoT blocks, 2 heads.
 SMALL = dict(depth=18, base=8, trans_blocks=2, fmap=4, heads=2, hidden=32, proj=16, num_classes=10)
-BN = {
-    "weight": "gamma",
-    "bias": "beta",
-    "running_mean": "moving_mean",
-    "running_var": "moving_variance",
-}
 
 
 def fixture_keys(fmt):
-    return [(k, s, d) for f, k, s, d, _ in read_fixture(os.path.join(ROOT, FIXTURE)) if f == fmt]
+    return [(k, s, d) for f, k, s, d, _ in read_fixture(FIXTURE) if f == fmt]
 
 
 @pytest.mark.parametrize("fmt", ["pretrain", "linear"])
@@ -68,134 +61,6 @@ def test_resnet50_classifier_names_and_shapes_match_the_fixture():
     ]
 
 
-# --------------------------------------------------- independent destinations
-def _conv_to_hwio(value):
-    return value.transpose(2, 3, 1, 0)
-
-
-def _destination(key, backbone, transformer, heads):
-    """(keras variable, expected value transform) for a normalised key, derived here
-    from the authors' module structure independently of care_tf.convert.mapping."""
-    if m := re.fullmatch(r"conv1\.weight", key):
-        return backbone.get_layer("stem_conv").kernel, _conv_to_hwio
-    if m := re.fullmatch(r"bn1\.(\w+)", key):
-        return getattr(backbone.get_layer("stem_bn"), BN[m[1]]), None
-    if m := re.fullmatch(r"layer(\d)\.(\d+)\.conv(\d)\.weight", key):
-        return backbone.get_layer(f"stage{m[1]}_block{m[2]}_{m[3]}_conv").kernel, _conv_to_hwio
-    if m := re.fullmatch(r"layer(\d)\.(\d+)\.bn(\d)\.(\w+)", key):
-        return getattr(backbone.get_layer(f"stage{m[1]}_block{m[2]}_{m[3]}_bn"), BN[m[4]]), None
-    if m := re.fullmatch(r"layer(\d)\.(\d+)\.downsample\.0\.weight", key):
-        return backbone.get_layer(f"stage{m[1]}_block{m[2]}_proj_conv").kernel, _conv_to_hwio
-    if m := re.fullmatch(r"layer(\d)\.(\d+)\.downsample\.1\.(\w+)", key):
-        return getattr(backbone.get_layer(f"stage{m[1]}_block{m[2]}_proj_bn"), BN[m[3]]), None
-    if m := re.fullmatch(r"trans\.net\.(\d+)\.(.+)", key):
-        block, rest = transformer.blocks[int(m[1])], m[2]
-        convs = {
-            "shortcut.0": block.shortcut_conv if block.project_shortcut else None,
-            "net.0": block.conv_in,
-            "net.3.to_qkv": block.attention.qkv,
-            "net.7": block.conv_out,
-        }
-        bns = {
-            "shortcut.1": block.shortcut_bn if block.project_shortcut else None,
-            "net.1": block.bn_in,
-            "net.5": block.bn_mid,
-            "net.8": block.bn_out,
-        }
-        if rest == "net.3.pos_emb.height":
-            return block.attention.pos_height, None
-        if rest == "net.3.pos_emb.width":
-            return block.attention.pos_width, None
-        name, param = rest.rsplit(".", 1)
-        if name in convs and param == "weight":
-            return convs[name].kernel, _conv_to_hwio
-        return getattr(bns[name], BN[param]), None
-    if m := re.fullmatch(r"(fc\d|classifier)\.(\d)\.(\w+)", key):
-        head = heads[m[1]][int(m[2]) // 4]  # projector 0..3, predictor 4..7
-        index = int(m[2]) % 4
-        if index in (0, 3):
-            if m[1] == "classifier":
-                dense = head.get_layer("fc")
-            else:
-                dense = head.dense_hidden if index == 0 else head.dense_out
-            return (dense.kernel, np.transpose) if m[3] == "weight" else (dense.bias, None)
-        bn = head.get_layer("bn") if m[1] == "classifier" else head.bn
-        return getattr(bn, BN[m[3]]), None
-    raise AssertionError(f"no destination for {key}")
-
-
-def _check_every_tensor(state, prefix, backbone, transformer, heads, skip=()):
-    """Every non-ignored key's value sits, transformed, in exactly its variable."""
-    seen = set()
-    for key, value in state.items():
-        short = key[len(prefix) :]
-        if key.endswith("num_batches_tracked") or short.startswith(skip):
-            continue
-        short = short.removeprefix("encoder.")  # the linear checkpoint's backbone
-        variable, transform = _destination(short, backbone, transformer, heads)
-        expected = transform(value) if transform else value
-        np.testing.assert_array_equal(np.asarray(variable), expected, err_msg=key)
-        assert id(variable) not in seen, key
-        seen.add(id(variable))
-    return seen
-
-
-def test_small_pretrain_and_linear_checkpoints_convert_value_exact(tmp_path):
-    import keras
-
-    pre_keys = authors_keys("pretrain", **SMALL)
-    lin_keys = authors_keys("linear", **SMALL)
-    pre = write_pretrain_checkpoint(str(tmp_path / "pre.pth"), pre_keys)
-    lin = write_linear_checkpoint(str(tmp_path / "lin.pth"), lin_keys)
-    out = tmp_path / "run"
-    record = convert_checkpoint(
-        str(tmp_path / "pre.pth"), str(out), str(tmp_path / "lin.pth"), log=lambda _: None
-    )
-    assert sorted(os.listdir(out)) == sorted(
-        ["backbone.keras", "model.keras", "classifier.keras", "config.yaml", "convert.json"]
-    )
-    assert record["sources"]["pretrain"]["epoch"] == 100
-    assert record["pretrain"]["image_size"] == 64
-
-    model = keras.saving.load_model(out / "model.keras", compile=False)
-    online = _check_every_tensor(
-        {k: v for k, v in pre.items() if ".student_encoder." in k},
-        "module.student_encoder.",
-        model.backbone,
-        model.transformer,
-        {
-            "fc1": (model.c_projector, model.c_predictor),
-            "fc2": (model.t_projector, model.t_predictor),
-        },
-    )
-    target = _check_every_tensor(
-        {k: v for k, v in pre.items() if ".teacher_encoder." in k},
-        "module.teacher_encoder.",
-        model.target_backbone,
-        model.target_transformer,
-        {"fc1": (model.target_c_projector,), "fc2": (model.target_t_projector,)},
-    )
-    every = [v for layer in model.online_layers + model.target_layers for v in layer.weights]
-    assert {id(v) for v in every} == online | target  # each weight received exactly one tensor
-
-    backbone = keras.saving.load_model(out / "backbone.keras", compile=False)
-    for a, b in zip(backbone.weights, model.backbone.weights, strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-    classifier = keras.saving.load_model(out / "classifier.keras", compile=False)
-    seen = _check_every_tensor(
-        lin,
-        "module.",
-        classifier.backbone,
-        None,
-        {"classifier": (classifier.head,)},
-        skip=("encoder.fc.",),
-    )
-    assert {id(v) for v in classifier.weights} == seen
-    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
-    assert classifier(x).shape == (2, 10)
-
-
 def test_bottleneck_width_two_linear_checkpoint_without_prefix(tmp_path):
     import keras
 
@@ -206,7 +71,7 @@ def test_bottleneck_width_two_linear_checkpoint_without_prefix(tmp_path):
     )
     classifier = keras.saving.load_model(tmp_path / "run" / "classifier.keras", compile=False)
     assert classifier.backbone.width_multiplier == 2 and classifier.backbone.depth == 50
-    seen = _check_every_tensor(
+    seen = check_every_tensor(
         state,
         "",
         classifier.backbone,
@@ -334,7 +199,7 @@ def test_full_size_resnet50_checkpoints_convert_value_exact(tmp_path):
     assert record["pretrain"]["keys_mapped"] == 758 and record["linear"]["keys_mapped"] == 271
     model = keras.saving.load_model(out / "model.keras", compile=False)
     assert model.backbone.input_shape == (None, 224, 224, 3)
-    online = _check_every_tensor(
+    online = check_every_tensor(
         {k: v for k, v in pre.items() if ".student_encoder." in k},
         "module.student_encoder.",
         model.backbone,
@@ -344,7 +209,7 @@ def test_full_size_resnet50_checkpoints_convert_value_exact(tmp_path):
             "fc2": (model.t_projector, model.t_predictor),
         },
     )
-    target = _check_every_tensor(
+    target = check_every_tensor(
         {k: v for k, v in pre.items() if ".teacher_encoder." in k},
         "module.teacher_encoder.",
         model.target_backbone,
@@ -355,7 +220,7 @@ def test_full_size_resnet50_checkpoints_convert_value_exact(tmp_path):
     assert {id(v) for v in every} == online | target
     del model
     classifier = keras.saving.load_model(out / "classifier.keras", compile=False)
-    seen = _check_every_tensor(
+    seen = check_every_tensor(
         lin,
         "module.",
         classifier.backbone,

@@ -15,15 +15,25 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import os
 import pickle
+import re
 import sys
 import types
 import zipfile
 
 import numpy as np
 
-FIXTURE = "tests/fixtures/official_care_keys.tsv"
+FIXTURE = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "fixtures", "official_care_keys.tsv"
+)
 STAGES = {18: ("basic", (2, 2, 2, 2)), 50: ("bottleneck", (3, 4, 6, 3))}
+BN = {
+    "weight": "gamma",
+    "bias": "beta",
+    "running_mean": "moving_mean",
+    "running_var": "moving_variance",
+}
 STORAGE_NAMES = {"float32": "FloatStorage", "int64": "LongStorage", "float16": "HalfStorage"}
 
 
@@ -293,3 +303,75 @@ def write_linear_checkpoint(path: str, keys, seed: int = 1) -> dict:
     state = random_state_dict(keys, seed)
     write_torch_zip(path, {"epoch": 90, "classifier": state, "best_acc1": np.float32(72.02)})
     return state
+
+
+# ------------------------------------------------ where each tensor belongs
+def _conv_to_hwio(value):
+    return value.transpose(2, 3, 1, 0)
+
+
+def keras_destination(key, backbone, transformer, heads):
+    """(keras variable, expected value transform) for a normalised key, derived here
+    from the authors' module structure independently of care_tf.convert.mapping."""
+    if m := re.fullmatch(r"conv1\.weight", key):
+        return backbone.get_layer("stem_conv").kernel, _conv_to_hwio
+    if m := re.fullmatch(r"bn1\.(\w+)", key):
+        return getattr(backbone.get_layer("stem_bn"), BN[m[1]]), None
+    if m := re.fullmatch(r"layer(\d)\.(\d+)\.conv(\d)\.weight", key):
+        return backbone.get_layer(f"stage{m[1]}_block{m[2]}_{m[3]}_conv").kernel, _conv_to_hwio
+    if m := re.fullmatch(r"layer(\d)\.(\d+)\.bn(\d)\.(\w+)", key):
+        return getattr(backbone.get_layer(f"stage{m[1]}_block{m[2]}_{m[3]}_bn"), BN[m[4]]), None
+    if m := re.fullmatch(r"layer(\d)\.(\d+)\.downsample\.0\.weight", key):
+        return backbone.get_layer(f"stage{m[1]}_block{m[2]}_proj_conv").kernel, _conv_to_hwio
+    if m := re.fullmatch(r"layer(\d)\.(\d+)\.downsample\.1\.(\w+)", key):
+        return getattr(backbone.get_layer(f"stage{m[1]}_block{m[2]}_proj_bn"), BN[m[3]]), None
+    if m := re.fullmatch(r"trans\.net\.(\d+)\.(.+)", key):
+        block, rest = transformer.blocks[int(m[1])], m[2]
+        convs = {
+            "shortcut.0": block.shortcut_conv if block.project_shortcut else None,
+            "net.0": block.conv_in,
+            "net.3.to_qkv": block.attention.qkv,
+            "net.7": block.conv_out,
+        }
+        bns = {
+            "shortcut.1": block.shortcut_bn if block.project_shortcut else None,
+            "net.1": block.bn_in,
+            "net.5": block.bn_mid,
+            "net.8": block.bn_out,
+        }
+        if rest == "net.3.pos_emb.height":
+            return block.attention.pos_height, None
+        if rest == "net.3.pos_emb.width":
+            return block.attention.pos_width, None
+        name, param = rest.rsplit(".", 1)
+        if name in convs and param == "weight":
+            return convs[name].kernel, _conv_to_hwio
+        return getattr(bns[name], BN[param]), None
+    if m := re.fullmatch(r"(fc\d|classifier)\.(\d)\.(\w+)", key):
+        head = heads[m[1]][int(m[2]) // 4]  # projector 0..3, predictor 4..7
+        index = int(m[2]) % 4
+        if index in (0, 3):
+            if m[1] == "classifier":
+                dense = head.get_layer("fc")
+            else:
+                dense = head.dense_hidden if index == 0 else head.dense_out
+            return (dense.kernel, np.transpose) if m[3] == "weight" else (dense.bias, None)
+        bn = head.get_layer("bn") if m[1] == "classifier" else head.bn
+        return getattr(bn, BN[m[3]]), None
+    raise AssertionError(f"no destination for {key}")
+
+
+def check_every_tensor(state, prefix, backbone, transformer, heads, skip=()):
+    """Every non-ignored key's value sits, transformed, in exactly its variable."""
+    seen = set()
+    for key, value in state.items():
+        short = key[len(prefix) :]
+        if key.endswith("num_batches_tracked") or short.startswith(skip):
+            continue
+        short = short.removeprefix("encoder.")  # the linear checkpoint's backbone
+        variable, transform = keras_destination(short, backbone, transformer, heads)
+        expected = transform(value) if transform else value
+        np.testing.assert_array_equal(np.asarray(variable), expected, err_msg=key)
+        assert id(variable) not in seen, key
+        seen.add(id(variable))
+    return seen
