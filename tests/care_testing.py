@@ -14,13 +14,15 @@ def n_params(variables) -> int:
     return sum(int(np.prod(v.shape)) for v in variables)
 
 
-def tiny_care(total_steps: int = 100, num_blocks: int = 2, **kwargs) -> care_tf.CARE:
+def tiny_care(
+    total_steps: int = 100, num_blocks: int = 2, transformer_kwargs: dict | None = None, **kwargs
+) -> care_tf.CARE:
     """A CARE model cheap enough for CPU tests: ResNet-18 at 1/8 width, 32 px."""
     return care_tf.CARE.from_preset(
         "resnet18",
         image_size=32,
         backbone_kwargs={"base_channels": 8},
-        transformer_kwargs={"num_blocks": num_blocks},
+        transformer_kwargs={"num_blocks": num_blocks, **(transformer_kwargs or {})},
         hidden_dim=64,
         projection_dim=32,
         total_steps=total_steps,

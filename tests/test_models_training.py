@@ -110,7 +110,7 @@ def test_save_reload_and_continue_training(tmp_path):
 
 
 def test_mirrored_replicas_match_one_device_with_sync_bn():
-    """2 replicas x 4 images with synchronised BN == 1 device x 8 images.
+    """2 replicas x 4 images with synchronised BN (TransStack's too) == 1 device x 8 images.
 
     SSL on tiny noise batches amplifies float round-off: one device runs the fused
     BN kernel, the replicas the synchronised two-pass BN, and a 1e-6 difference
@@ -123,7 +123,8 @@ def test_mirrored_replicas_match_one_device_with_sync_bn():
     ds = tf.data.Dataset.from_tensor_slices((x1, x2)).batch(8, drop_remainder=True)
 
     keras.utils.set_random_seed(0)
-    single = tiny_care(sync_bn=True, weight_decay=1e-3)
+    everywhere = {"sync_bn": True, "transformer_kwargs": {"sync_bn": True}}  # TransStack too
+    single = tiny_care(**everywhere, weight_decay=1e-3)
     initial = single.get_weights()
     single.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9))
     log_single = single.fit(ds.take(1), epochs=1, verbose=0).history
@@ -135,7 +136,7 @@ def test_mirrored_replicas_match_one_device_with_sync_bn():
         ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
     )
     with strategy.scope():
-        mirrored = tiny_care(sync_bn=True, weight_decay=1e-3)
+        mirrored = tiny_care(**everywhere, weight_decay=1e-3)
         mirrored.set_weights(initial)
         mirrored.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9))
     log_mirrored = mirrored.fit(ds.take(1), epochs=1, verbose=0).history

@@ -33,7 +33,7 @@ def test_mirrored_matches_one_device():
 
     cfg = from_dict({
         "model": {"backbone": "resnet18", "image_size": 32, "base_channels": 8,
-                  "transformer_kwargs": {"num_blocks": 1}, "hidden_dim": 32,
+                  "transformer_kwargs": {"num_blocks": 1, "sync_bn": True}, "hidden_dim": 32,
                   "projection_dim": 16, "sync_bn": True},
         "optimizer": {"name": "sgd", "base_lr": 0.5, "weight_decay": 1e-4},
         "schedule": {"steps": 10, "warmup_steps": 2},

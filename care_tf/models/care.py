@@ -8,7 +8,12 @@ from keras import ops
 
 from care_tf.models.backbone import check_backbone
 from care_tf.models.heads import MLPHead, l2_normalize
-from care_tf.models.losses import attention_loss, byol_loss, target_momentum
+from care_tf.models.losses import (
+    attention_loss,
+    authors_logged_losses,
+    byol_loss,
+    target_momentum,
+)
 from care_tf.models.registry import create_backbone, list_backbones
 from care_tf.models.transformer import TransStack
 
@@ -53,7 +58,7 @@ class CARE(keras.Model):
     batches (or raw image batches when `augmenter` is given). After training,
     `model.backbone` is the CNN to evaluate and export.
 
-    Loss (METHOD.md): L = L_c + L_t + lambda_att * L_att, with
+    Loss (docs/method.md): L = L_c + L_t + lambda_att * L_att, with
     L_c, L_t = mean[4 - 2 (<q1,k1> + <q2,k2>)] on the C- and T-stream, and
     L_att = MSE(q1, sg(a1)) + MSE(q2, sg(a2)). With `t_stream=False` it is BYOL
     (L = L_c), the ablation baseline.
@@ -72,7 +77,9 @@ class CARE(keras.Model):
         t_stream: bool. `False` trains BYOL (no TransStack). Defaults to True.
         weight_decay: float. L2 weight decay on every online weight, coupled into
             the gradient (PyTorch SGD semantics: g + wd * w). Defaults to 0.
-        sync_bn: bool. Synchronised BatchNorm in the heads and default TransStack.
+        sync_bn: bool. Synchronised BatchNorm in the projectors and predictors. The
+            default TransStack keeps per-replica statistics, as the authors'; pass
+            `TransStack(sync_bn=True)` to synchronise it too.
         augmenter: keras.layers.Layer or None. Maps an image batch to
             `(view1, view2)` inside the train step ("device" placement).
 
@@ -136,7 +143,7 @@ class CARE(keras.Model):
         self.c_predictor.build((None, projection_dim))
         if t_stream:
             if transformer is None:
-                transformer = TransStack(out_channels=res5_channels, sync_bn=sync_bn)
+                transformer = TransStack(out_channels=res5_channels)
             if not isinstance(transformer, keras.layers.Layer):
                 raise TypeError(f"`transformer` must be a Keras layer; got {type(transformer)}")
             built_for = getattr(transformer, "input_fmap", None)
@@ -181,7 +188,8 @@ class CARE(keras.Model):
             trainable=False,
             aggregation="only_first_replica",
         )
-        names = ["loss", "loss_c"] + (["loss_t", "loss_att"] if t_stream else []) + ["momentum"]
+        t_names = ["loss_t", "loss_att", "loss_att_authors", "loss_authors"] if t_stream else []
+        names = ["loss", "loss_c", *t_names, "momentum"]
         self._trackers = {
             name: LastValue(name=name) if name == "momentum" else keras.metrics.Mean(name=name)
             for name in names
@@ -251,6 +259,9 @@ class CARE(keras.Model):
         """Loss terms from the outputs of view 1/2; targets are of the *same* view index.
 
         The target outputs are swapped here: q1 is compared with the target of view 2.
+        Beside the optimised terms (`loss`, `loss_c`, `loss_t`, `loss_att`) it returns
+        the authors' logged definitions `loss_att_authors` and `loss_authors` (see
+        `losses.authors_logged_losses`), which are only logged.
         """
         losses = {"loss_c": byol_loss(online1["c"], target2["c"], online2["c"], target1["c"])}
         loss = losses["loss_c"]
@@ -260,6 +271,15 @@ class CARE(keras.Model):
                 online1["c"], online1["t"], online2["c"], online2["t"]
             )
             loss = loss + losses["loss_t"] + self.lambda_att * losses["loss_att"]
+            losses.update(
+                authors_logged_losses(
+                    losses["loss_c"],
+                    losses["loss_t"],
+                    losses["loss_att"],
+                    *(target2["c"], target2["t"], target1["c"], target1["t"]),
+                    self.lambda_att,
+                )
+            )
         losses["loss"] = loss
         return losses
 
@@ -318,7 +338,10 @@ class CARE(keras.Model):
         view1, view2 = self._views(data)
         momentum = self.momentum()
         self.update_target(momentum)
-        target1, target2 = self.target_outputs(view1), self.target_outputs(view2)
+        # The authors' order: the target sees view 2, then view 1 (only its BN moving
+        # statistics depend on the order).
+        target2 = self.target_outputs(view2)
+        target1 = self.target_outputs(view1)
         with tf.GradientTape() as tape:
             online1 = self.online_outputs(view1, training=True)
             online2 = self.online_outputs(view2, training=True)
@@ -335,11 +358,13 @@ class CARE(keras.Model):
 
     def test_step(self, data):
         view1, view2 = self._views(data)
+        target2 = self.target_outputs(view2)
+        target1 = self.target_outputs(view1)
         losses = self.compute_losses(
             self.online_outputs(view1, training=False),
             self.online_outputs(view2, training=False),
-            self.target_outputs(view1),
-            self.target_outputs(view2),
+            target1,
+            target2,
         )
         return self._update_metrics(losses, self.momentum())
 
@@ -368,9 +393,12 @@ class CARE(keras.Model):
             image_size: int. Square input size in pixels. Defaults to 224.
             stem: str or None. `"imagenet"` or `"cifar"`; `None` picks `"cifar"` for
                 images of 64 px or less.
-            sync_bn: bool. Synchronised BatchNorm everywhere.
+            sync_bn: bool. Synchronised BatchNorm in the backbone and heads. The
+                TransStack's stays per-replica (the authors' choice) unless
+                `transformer_kwargs={"sync_bn": True}`.
             backbone_kwargs: dict. Extra backbone arguments (e.g. `base_channels`).
-            transformer_kwargs: dict. Extra TransStack arguments (e.g. `num_blocks`).
+            transformer_kwargs: dict. Extra TransStack arguments (e.g. `num_blocks`,
+                `sync_bn`, `zero_init_residual`).
             **kwargs: CARE arguments (`hidden_dim`, `total_steps`, `t_stream`, ...).
         """
         if preset not in list_backbones():
@@ -388,7 +416,7 @@ class CARE(keras.Model):
         if kwargs.get("t_stream", True):
             _, res5_shape = check_backbone(backbone)
             transformer = TransStack(
-                **{"out_channels": res5_shape[-1], "sync_bn": sync_bn, **(transformer_kwargs or {})}
+                **{"out_channels": res5_shape[-1], **(transformer_kwargs or {})}
             )
         return cls(backbone, transformer, sync_bn=sync_bn, **kwargs)
 

@@ -8,7 +8,11 @@ import keras
 from keras import layers, ops
 
 from care_tf.models.resnet import batch_norm
-from care_tf.models.transformer import torch_default_initializer
+
+
+def torch_default_initializer() -> keras.initializers.Initializer:
+    """PyTorch's default Linear init: U(+-1/sqrt(fan_in))."""
+    return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
 @keras.saving.register_keras_serializable(package="care_tf")

@@ -9,22 +9,18 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from care_tf.models.resnet import batch_norm
-
-
-def torch_default_initializer() -> keras.initializers.Initializer:
-    """PyTorch's default conv/linear init: U(+-1/sqrt(fan_in))."""
-    return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
+from care_tf.models.resnet import batch_norm, conv_initializer
 
 
 def _conv(filters: int, kernel: int, name: str, dtype, stride: int = 1) -> layers.Conv2D:
+    """Bias-free conv with the backbone's init (He-normal fan_out, as the authors' effective)."""
     return layers.Conv2D(
         filters,
         kernel,
         strides=stride,
         padding="valid",
         use_bias=False,
-        kernel_initializer=torch_default_initializer(),
+        kernel_initializer=conv_initializer(),
         name=name,
         dtype=dtype,
     )
@@ -111,15 +107,22 @@ class BoTBlock(keras.layers.Layer):
     """A bottleneck whose 3x3 conv is replaced by MHSA (BoTNet).
 
     main: 1x1 conv (-> inner) + BN + ReLU + MHSA [+ 2x2 avg-pool] + BN + ReLU +
-    1x1 conv (-> out) + BN (gamma 0); shortcut: identity, or 3x3 conv (stride 2
-    when downsampling) + BN + ReLU when the shape changes; output ReLU(sum).
+    1x1 conv (-> out) + BN; shortcut: identity, or 3x3 conv (stride 2 when
+    downsampling) + BN + ReLU when the shape changes; output ReLU(sum).
+
+    Initialisation (the authors' effective one): every conv He-normal fan_out
+    (the backbone's `conv_initializer`), every BN gamma 1 and beta 0, so the
+    attention branch is on at step 0. `zero_init_residual=True` starts the last
+    BN's gamma at 0 instead (the branch off: the block is ReLU(shortcut)).
 
     Args:
         out_channels: int. Output channels.
         num_heads: int. Attention heads.
         head_dim: int. Channels per head; inner width = num_heads * head_dim.
         downsample: bool. Halve H and W (avg-pool after attention, stride-2 shortcut).
-        sync_bn: bool. Synchronised BatchNorm across replicas.
+        sync_bn: bool. Synchronised BatchNorm across replicas. Defaults to False
+            (per-replica statistics, as the authors' TransStack).
+        zero_init_residual: bool. Start the last BN's gamma at 0. Defaults to False.
 
     Input: (B, H, W, C). Output: (B, H/s, W/s, out_channels), s = 2 if downsample.
     """
@@ -131,6 +134,7 @@ class BoTBlock(keras.layers.Layer):
         head_dim: int = 128,
         downsample: bool = False,
         sync_bn: bool = False,
+        zero_init_residual: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -139,6 +143,7 @@ class BoTBlock(keras.layers.Layer):
         self.head_dim = head_dim
         self.downsample = downsample
         self.sync_bn = sync_bn
+        self.zero_init_residual = zero_init_residual
 
     def build(self, input_shape):
         in_channels = input_shape[-1]
@@ -158,7 +163,7 @@ class BoTBlock(keras.layers.Layer):
         self.pool = layers.AveragePooling2D(2, dtype=dt, name="pool") if self.downsample else None
         self.bn_mid = batch_norm("bn_mid", sync, dtype=dt)
         self.conv_out = _conv(self.out_channels, 1, "conv_out", dt)
-        self.bn_out = batch_norm("bn_out", sync, gamma_zero=True, dtype=dt)
+        self.bn_out = batch_norm("bn_out", sync, gamma_zero=self.zero_init_residual, dtype=dt)
 
         # Build every sublayer now, so weights exist right after construction.
         b, h, w, _ = input_shape
@@ -204,6 +209,7 @@ class BoTBlock(keras.layers.Layer):
                 "head_dim": self.head_dim,
                 "downsample": self.downsample,
                 "sync_bn": self.sync_bn,
+                "zero_init_residual": self.zero_init_residual,
             }
         )
         return config
@@ -224,7 +230,17 @@ class TransStack(keras.layers.Layer):
             Defaults to 4.
         downsample: bool. The first block halves the map (14x14 -> 7x7), matching res5.
             Defaults to True.
-        sync_bn: bool. Synchronised BatchNorm. Defaults to False.
+        sync_bn: bool. Synchronise the BatchNorm statistics across replicas.
+            Defaults to False: per-replica statistics, as in the authors' code
+            (plain `BatchNorm2d` in the TransStack, synchronised BN elsewhere).
+        zero_init_residual: bool. Start every block's last BN gamma at 0 (each
+            attention branch off at step 0, what the BoT block's own code asks
+            for). Defaults to False: gamma 1, the authors' effective init.
+
+    Initialisation, as the authors' model ends up after their ResNet constructor
+    re-initialises every conv and BN: convs He-normal fan_out (untruncated,
+    std sqrt(2 / fan_out), the backbone's `conv_initializer`), BN gamma 1 and
+    beta 0, position embeddings N(0, 1) x head_dim^-0.5.
 
     Input: res4 (B, H, W, C4). Output: (B, H/2, W/2, out_channels) with downsample.
     ResNet-50 at 224 px: 32,813,568 parameters.
@@ -244,6 +260,7 @@ class TransStack(keras.layers.Layer):
         proj_factor: int = 4,
         downsample: bool = True,
         sync_bn: bool = False,
+        zero_init_residual: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -275,6 +292,7 @@ class TransStack(keras.layers.Layer):
         self.proj_factor = proj_factor
         self.downsample = downsample
         self.sync_bn = sync_bn
+        self.zero_init_residual = zero_init_residual
         self.blocks = [
             BoTBlock(
                 out_channels,
@@ -282,6 +300,7 @@ class TransStack(keras.layers.Layer):
                 head_dim,
                 downsample=downsample and i == 0,
                 sync_bn=sync_bn,
+                zero_init_residual=zero_init_residual,
                 dtype=self.dtype_policy,
                 name=f"block{i + 1}",
             )
@@ -325,6 +344,7 @@ class TransStack(keras.layers.Layer):
                 "proj_factor": self.proj_factor,
                 "downsample": self.downsample,
                 "sync_bn": self.sync_bn,
+                "zero_init_residual": self.zero_init_residual,
             }
         )
         return config
