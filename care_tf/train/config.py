@@ -60,7 +60,11 @@ class ModelConfig:
         None, "Backbone stem width (64 in the paper); smaller shrinks every stage (CPU configs)."
     )
     backbone_kwargs: dict = _field({}, "Extra backbone arguments.")
-    transformer_kwargs: dict = _field({}, "Extra TransStack arguments (e.g. `num_blocks`).")
+    transformer_kwargs: dict = _field(
+        {},
+        "Extra TransStack arguments (e.g. `num_blocks`; `sync_bn: true` synchronises its BN, "
+        "per-replica by default as the authors'; `zero_init_residual: true`).",
+    )
     t_stream: bool = _field(True, "Train the transformer stream; false = the BYOL baseline.")
     hidden_dim: int = _field(4096, "Hidden width of every projector / predictor MLP.")
     projection_dim: int = _field(256, "Output width of every projector / predictor MLP.")
@@ -68,7 +72,9 @@ class ModelConfig:
     base_momentum: float = _field(
         0.99, "Target momentum at step 0; rises to 1 by a cosine over the run's total steps."
     )
-    sync_bn: bool = _field(True, "Synchronised BatchNorm across replicas (the paper's).")
+    sync_bn: bool = _field(
+        True, "Synchronised BatchNorm across replicas in the backbone and heads (the paper's)."
+    )
 
 
 @dataclasses.dataclass
