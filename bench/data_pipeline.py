@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-AUTHORS_PER_CORE = 74.0  # METHOD.md: PIL/torchvision two-view augmentation, 640x427 JPEGs
+AUTHORS_PER_CORE = 74.0  # docs/method.md (Cost): the authors' two-view PIL pipeline, 640x427 JPEGs
 
 
 def _photo_folder(n: int) -> str:

@@ -4,7 +4,7 @@
     python bench/probe_convergence.py --quick     # tiny backbone and data, under a minute
 
 For each backbone: extracts centre-crop pooled features of a labelled dataset
-once, then trains the METHOD.md probe head (Dense + BN, SGD momentum 0.9, lr
+once, then trains the paper's probe head (docs/method.md) (Dense + BN, SGD momentum 0.9, lr
 0.2 x batch / 256, cosine, 80 epochs) on them with several seeds, and fits a
 multinomial logistic regression to convergence (scikit-learn L-BFGS on
 standardised features, no augmentation either way). Both are affine
@@ -69,7 +69,7 @@ def logistic_regression(train_x, train_y, test_x, test_y, max_iter: int) -> dict
 
 
 def probe(train_x, train_y, test_x, test_y, *, epochs: int, seed: int) -> dict:
-    """The METHOD.md probe head on features; final train loss and test top-1."""
+    """The paper's probe head (docs/method.md) on features; final train loss and test top-1."""
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     start = time.time()
     head, history = train_linear_probe_on_features(

@@ -1,4 +1,4 @@
-"""The CARE model: METHOD.md counts, losses vs NumPy, gradient routing, target update."""
+"""The CARE model: the authors' counts, losses vs NumPy, gradient routing, target update."""
 
 import care_testing
 import keras

@@ -1,4 +1,4 @@
-"""ResNet backbones: METHOD.md parameter counts, shapes, errors, serialisation."""
+"""ResNet backbones: the authors' parameter counts, shapes, errors, serialisation."""
 
 import keras
 import numpy as np
@@ -11,7 +11,7 @@ import care_tf
 @pytest.mark.parametrize(
     "name, expected",
     [
-        ("resnet50", 23_508_032),  # METHOD.md, authors' code without fc
+        ("resnet50", 23_508_032),  # docs/method.md, authors' code without fc
         ("resnet50x2", 66_834_240),  # wide_resnet50_2 without fc
         ("resnet18", 11_176_512),  # torchvision resnet18 without fc
     ],

@@ -1,4 +1,4 @@
-"""The two asymmetric CARE/BYOL views (METHOD.md "Augmentations"), as a Keras layer.
+"""The two asymmetric CARE/BYOL views (docs/method.md, "Augmentations"), as a Keras layer.
 
 Every random decision is drawn with `tf.random.stateless_uniform`, keyed by a seed
 pair, so the same seed and key give the same views on any device and with any
@@ -202,7 +202,7 @@ _colour_ops_xla = tf.function(colour_ops, jit_compile=True)
 class TwoViewAugment(keras.layers.Layer):
     """Two independently augmented views of each image (CARE / BYOL recipe).
 
-    View 1 and view 2 follow METHOD.md's table: random resized crop (scale
+    View 1 and view 2 follow the table of docs/method.md: random resized crop (scale
     (0.08, 1), ratio (3/4, 4/3)) + horizontal flip (p 0.5), colour jitter
     (0.4, 0.4, 0.2, 0.1; p 0.8), grayscale (p 0.2), Gaussian blur (sigma in
     [0.1, 2]; p 1.0 / 0.1), solarize (p 0 / 0.2), ImageNet normalisation.

@@ -1,4 +1,4 @@
-"""Linear-evaluation pipelines (METHOD.md "Linear evaluation"), at any image size."""
+"""Linear-evaluation pipelines (docs/method.md, "Linear evaluation"), at any image size."""
 
 from __future__ import annotations
 

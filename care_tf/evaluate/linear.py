@@ -1,4 +1,4 @@
-"""The linear probe of METHOD.md: a Dense + BN head on frozen pooled features.
+"""The linear probe of docs/method.md: a Dense + BN head on frozen pooled features.
 
 Recipe: head = Dense(classes) (weights N(0, 0.01), bias 0) + BatchNorm on the
 logits; SGD momentum 0.9 in PyTorch's convention (the authors' `torch.optim.SGD`),
