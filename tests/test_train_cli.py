@@ -72,7 +72,8 @@ def test_cli_single_device_outputs(reference_run):
     # CSV and TensorBoard logs.
     with open(model_dir / "metrics.csv") as f:
         header = f.readline()
-    for key in ("epoch", "step", "loss", "loss_att", "lr", "momentum", "images_per_sec"):
+    losses = ("loss", "loss_att", "loss_att_authors", "loss_authors")
+    for key in ("epoch", "step", *losses, "lr", "momentum", "images_per_sec"):
         assert key in header.strip().split(",")
     assert any(f.startswith("events.out") for f in os.listdir(model_dir / "logs" / "train"))
     # What evaluate / export need.
