@@ -1,6 +1,6 @@
 """Images/s of one CARE training step (and the BYOL step beside it) on this machine.
 
-    python bench/train_step.py            # ResNet-50, 224 px, batch 8, fp32 (METHOD.md's setting)
+    python bench/train_step.py            # ResNet-50, 224 px, batch 8, fp32
     python bench/train_step.py --quick    # ResNet-18 (base 16) at 64 px, under a minute
 
 Each mode builds a fresh model, compiles it with SGD (momentum 0.9), runs
@@ -8,7 +8,9 @@ Each mode builds a fresh model, compiles it with SGD (momentum 0.9), runs
 steps of `train_on_batch` on a fixed two-view batch: the full CARE step (target
 update, target forward on both views, online forward + backward of both
 streams, optimizer update). Reports images/s by wall clock and per CPU second
-(all threads of the process). Ends with one JSON line of figures.
+(all threads of the process). `care_1thread` reruns the `care` mode in a
+subprocess with TensorFlow's intra- and inter-op thread pools set to 1: the
+per-core figure. Reports only what it measured; ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -29,7 +32,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import care_tf  # noqa: E402
 
-AUTHORS_IMAGES_PER_S = 1.07  # METHOD.md: authors' PyTorch code, 2-core AVX2 CPU, batch 8, fp32
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def build(args, t_stream: bool, policy: str) -> care_tf.CARE:
@@ -76,6 +89,19 @@ def time_mode(args, t_stream: bool, jit: bool, policy: str = "float32") -> dict:
     return result
 
 
+def one_thread(args) -> dict:
+    """The `care` mode in a fresh process with 1 intra-op and 1 inter-op thread."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--threads", "1", "--modes", "care"]
+    cmd += ["--preset", args.preset, "--image_size", str(args.image_size)]
+    cmd += ["--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if args.base_channels:
+        cmd += ["--base_channels", str(args.base_channels)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"one-thread run failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["care"]
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small model, under a minute")
@@ -86,15 +112,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
+        "--threads", type=int, default=0, help="intra- and inter-op threads (0 = TF's default)"
+    )
+    parser.add_argument(
         "--modes",
-        default="care,care_xla,byol,byol_xla",
-        help="comma list of care, care_xla, byol, byol_xla, care_bf16",
+        default="care,care_1thread,byol,care_xla",
+        help="comma list of care, care_1thread, care_xla, byol, byol_xla, care_bf16",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.preset, args.image_size, args.base_channels = "resnet18", 64, 16
         args.steps, args.warmup = 3, 1
-        args.modes = "care,byol"
+        args.modes = "care,care_1thread,byol"
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
     modes = {
         "care": dict(t_stream=True, jit=False),
@@ -109,20 +141,23 @@ def main(argv=None) -> dict:
         "batch": args.batch,
         "steps": args.steps,
         "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "threads": args.threads or "default",
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
     for name in args.modes.split(","):
-        if name not in modes:
-            parser.error(f"unknown mode {name!r}; choose from {', '.join(modes)}")
-        figures[name] = time_mode(args, **modes[name])
+        if name == "care_1thread":
+            figures[name] = one_thread(args)
+        elif name in modes:
+            figures[name] = time_mode(args, **modes[name])
+        else:
+            parser.error(f"unknown mode {name!r}; choose from care_1thread, {', '.join(modes)}")
         print(f"{name}: {figures[name]}", file=sys.stderr, flush=True)
     if "care" in figures and "byol" in figures:
         figures["t_stream_overhead"] = round(
             figures["byol"]["images_per_s"] / figures["care"]["images_per_s"], 3
         )
-    if not args.quick and args.preset == "resnet50" and args.image_size == 224:
-        best = max(figures[m]["images_per_s"] for m in ("care", "care_xla") if m in figures)
-        figures["speedup_vs_authors"] = round(best / AUTHORS_IMAGES_PER_S, 3)
+    figures["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(figures))
     return figures
 
