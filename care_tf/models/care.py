@@ -61,7 +61,9 @@ class CARE(keras.Model):
     Loss (docs/method.md): L = L_c + L_t + lambda_att * L_att, with
     L_c, L_t = mean[4 - 2 (<q1,k1> + <q2,k2>)] on the C- and T-stream, and
     L_att = MSE(q1, sg(a1)) + MSE(q2, sg(a2)). With `t_stream=False` it is BYOL
-    (L = L_c), the ablation baseline.
+    (L = L_c), the ablation baseline. The step also logs the authors' totals
+    `loss_att_authors` and `loss_authors` (not optimised). As in the authors' code,
+    the target runs on view 2, then view 1.
 
     Args:
         backbone: keras.Model. A built model returning `{"res4", "res5", ...}` maps
