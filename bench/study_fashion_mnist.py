@@ -259,8 +259,9 @@ def study_jobs(s: dict, args) -> list[Job]:
         after = (train_job[(m, ps)],)
         if knn:
             argv = [PY, "-m", "care_tf.evaluate", "knn", *ev, "--k", "200"]
-            argv += ["--temperature", "0.1"]
-            jobs.append(Job(f"knn_{tag}", argv, os.path.join(d, "eval", "knn.json"), after))
+            knn_json = os.path.join(d, "eval", "knn.json")
+            argv += ["--temperature", "0.1", "--out", knn_json]
+            jobs.append(Job(f"knn_{tag}", argv, knn_json, after))
         for seed in probe_seeds:
             out = os.path.join(d, "eval", f"linear_seed{seed}.json")
             argv = [PY, "-m", "care_tf.evaluate", "linear", *ev, "--extract_features"]

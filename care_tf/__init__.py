@@ -1,22 +1,72 @@
-"""care_tf: CARE self-supervised pretraining (NeurIPS 2021) in Keras 3 / TensorFlow."""
+"""care_tf: CARE self-supervised pretraining (NeurIPS 2021) in Keras 3 / TensorFlow.
 
-from care_tf import data
-from care_tf.convert import convert_checkpoint
-from care_tf.data import TwoViewAugment, make_eval_dataset, make_pretrain_dataset
-from care_tf.evaluate import KNNMonitor, OnlineLinearProbe, attention_maps, knn_evaluate
-from care_tf.export import export_backbone
-from care_tf.models import (
-    CARE,
-    BoTBlock,
-    MLPHead,
-    MultiHeadSelfAttention2D,
-    ResNetBackbone,
-    TransStack,
-    check_backbone,
-    create_backbone,
-    feature_backbone,
-    list_backbones,
-    register_backbone,
-)
-from care_tf.train import LARS, Experiment, WarmupCosine, build_experiment
+The public names below are imported on first use, so the command lines answer
+`--help` without loading TensorFlow. When Keras is already imported, everything is
+imported at once (registering care_tf's layers for `keras.saving.load_model`).
+"""
+
+import json as _json
+import os as _os
+import sys as _sys
+
+from care_tf._lazy import lazy_exports as _lazy_exports
+from care_tf._lazy import load_all as _load_all
 from care_tf.version import __version__
+
+
+def _keras_backend() -> str:
+    """The Keras backend in use, or the one Keras will pick (without importing Keras):
+    `KERAS_BACKEND`, else `backend` in `$KERAS_HOME/keras.json` (default ~/.keras)."""
+    keras = _sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "backend"):
+        return keras.backend.backend()
+    if "KERAS_BACKEND" in _os.environ:
+        return _os.environ["KERAS_BACKEND"]
+    home = _os.environ.get("KERAS_HOME") or _os.path.join(_os.path.expanduser("~"), ".keras")
+    try:
+        with open(_os.path.join(home, "keras.json")) as f:
+            return _json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+if _keras_backend() != "tensorflow":
+    raise ImportError(
+        f"care_tf needs the TensorFlow backend of Keras, but Keras uses {_keras_backend()!r}. "
+        "Set KERAS_BACKEND=tensorflow before Keras is first imported (in a notebook: "
+        "`import os; os.environ['KERAS_BACKEND'] = 'tensorflow'` in the first cell, then "
+        "restart the runtime)."
+    )
+
+_EXPORTS = {
+    "data": "care_tf.data",
+    "convert_checkpoint": "care_tf.convert",
+    "TwoViewAugment": "care_tf.data",
+    "make_eval_dataset": "care_tf.data",
+    "make_pretrain_dataset": "care_tf.data",
+    "KNNMonitor": "care_tf.evaluate",
+    "OnlineLinearProbe": "care_tf.evaluate",
+    "attention_maps": "care_tf.evaluate",
+    "knn_evaluate": "care_tf.evaluate",
+    "export_backbone": "care_tf.export",
+    "CARE": "care_tf.models",
+    "BoTBlock": "care_tf.models",
+    "MLPHead": "care_tf.models",
+    "MultiHeadSelfAttention2D": "care_tf.models",
+    "ResNetBackbone": "care_tf.models",
+    "TransStack": "care_tf.models",
+    "check_backbone": "care_tf.models",
+    "create_backbone": "care_tf.models",
+    "feature_backbone": "care_tf.models",
+    "list_backbones": "care_tf.models",
+    "register_backbone": "care_tf.models",
+    "LARS": "care_tf.train",
+    "Experiment": "care_tf.train",
+    "build_experiment": "care_tf.train",
+    "WarmupCosine": "care_tf.train",
+}
+__all__ = sorted([*_EXPORTS, "__version__"])
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
+
+if "keras" in _sys.modules:
+    _load_all(__name__, _EXPORTS)

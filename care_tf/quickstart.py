@@ -222,6 +222,13 @@ def _read_json(path: Path) -> dict:
         return json.load(f)
 
 
+def _result(model_dir: Path, kind: str, limit: int | None) -> Path:
+    """Where `python -m care_tf.evaluate KIND` wrote its JSON (by --limit)."""
+    from care_tf.evaluate.report import result_name
+
+    return model_dir / "eval" / f"{result_name(kind, limit)}.json"
+
+
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
@@ -230,8 +237,8 @@ def _duration(seconds: float) -> str:
 def collect_summary(model_dir: Path, args: argparse.Namespace, seconds: dict) -> dict:
     """The figures and paths of a finished quickstart (what `quickstart.json` holds)."""
     state = _read_json(model_dir / "train_state.json")
-    knn = _read_json(model_dir / "eval" / "knn.json")
-    linear = _read_json(model_dir / "eval" / "linear.json")
+    knn = _read_json(_result(model_dir, "knn", args.limit))
+    linear = _read_json(_result(model_dir, "linear", args.limit))
     export = model_dir / EXPORT_DIR
     label = "float32" if args.quantize == "none" else args.quantize
     tflite = export / "tflite" / "care" / "1" / f"care_{label}.tflite"
@@ -260,8 +267,8 @@ def collect_summary(model_dir: Path, args: argparse.Namespace, seconds: dict) ->
             "model_dir": str(model_dir),
             "backbone": str(model_dir / "backbone.keras"),
             "tensorboard_logs": str(model_dir / "logs"),
-            "knn_json": str(model_dir / "eval" / "knn.json"),
-            "linear_json": str(model_dir / "eval" / "linear.json"),
+            "knn_json": str(_result(model_dir, "knn", args.limit)),
+            "linear_json": str(_result(model_dir, "linear", args.limit)),
             "saved_model": str(export / "care" / "1"),
             "tflite": str(tflite),
         },

@@ -2,6 +2,8 @@
 
 import importlib.util
 import os
+import subprocess
+import sys
 from types import ModuleType
 
 import numpy as np
@@ -35,5 +37,20 @@ def load_bench(name: str) -> ModuleType:
     path = os.path.join(os.path.dirname(__file__), "..", "bench", f"{name}.py")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def hold_lock(directory) -> subprocess.Popen:
+    """A child process holding `care_tf.locking.DirLock(directory)` (kill it to release)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import time\nfrom care_tf.locking import DirLock\n"
+        f"DirLock({str(directory)!r}, 'test').acquire()\nprint('locked', flush=True)\n"
+        "time.sleep(120)"
+    )
+    env = {**os.environ, "PYTHONPATH": root}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+    assert proc.stdout.readline().strip() == b"locked"
+    return proc

@@ -25,7 +25,7 @@ def model_dirs(tmp_path_factory):
 
 
 def test_knn_cli(model_dirs):
-    results = cli.main(
+    results = cli.evaluate(
         [
             "knn",
             "--model_dir",
@@ -41,17 +41,19 @@ def test_knn_cli(model_dirs):
     )
     assert results["num_examples"] == 300 and results["num_train"] == 300
     assert 0.2 < results["top1"] <= results["top5"] <= 1  # random conv features beat chance
-    path = os.path.join(model_dirs[0], "eval", "knn.json")
+    # A --limit run is kept apart from the full evaluation (knn.json).
+    assert not os.path.exists(os.path.join(model_dirs[0], "eval", "knn.json"))
+    path = os.path.join(model_dirs[0], "eval", "knn_limit300.json")
     with open(path) as f:
         saved = json.load(f)
     assert saved["config"]["k"] == 20 and len(saved["per_class_accuracy"]) == 10
     assert len(saved["class_names"]) == 10
-    assert os.path.getsize(os.path.join(model_dirs[0], "eval", "knn_confusion.png")) > 0
+    assert os.path.getsize(os.path.join(model_dirs[0], "eval", "knn_limit300_confusion.png")) > 0
 
 
 def test_linear_cli_extracted_features(model_dirs, tmp_path):
     out = str(tmp_path / "probe.json")
-    results = cli.main(
+    results = cli.evaluate(
         [
             "linear",
             "--model_dir",
@@ -77,7 +79,7 @@ def test_linear_cli_extracted_features(model_dirs, tmp_path):
 
 
 def test_linear_cli_end_to_end(model_dirs, tmp_path):
-    results = cli.main(
+    results = cli.evaluate(
         [
             "linear",
             "--model_dir",
@@ -101,7 +103,7 @@ def test_linear_cli_end_to_end(model_dirs, tmp_path):
 
 def test_attention_cli(model_dirs, tmp_path):
     out = str(tmp_path / "grid.png")
-    results = cli.main(
+    results = cli.evaluate(
         [
             "attention",
             "--model_dir",
@@ -152,9 +154,7 @@ def test_attention_cli(model_dirs, tmp_path):
 )
 def test_cli_errors(argv, message, model_dirs, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path, run=model_dirs[0]) for a in argv]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    assert exit_info.value.code == 2
+    assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
 
 
@@ -165,18 +165,17 @@ def test_unlabelled_dataset_is_refused(model_dirs, tmp_path, capsys):
 
     for i in range(2):
         Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
-    with pytest.raises(SystemExit):
-        cli.main(
-            [
-                "knn",
-                "--model_dir",
-                model_dirs[0],
-                "--dataset",
-                f"folder:{folder}",
-                "--train_split",
-                "",
-                "--eval_split",
-                "",
-            ]
-        )
+    assert 2 == cli.main(
+        [
+            "knn",
+            "--model_dir",
+            model_dirs[0],
+            "--dataset",
+            f"folder:{folder}",
+            "--train_split",
+            "",
+            "--eval_split",
+            "",
+        ]
+    )
     assert "no labels" in capsys.readouterr().err

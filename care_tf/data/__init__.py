@@ -3,20 +3,27 @@
 source = load_source("fashion_mnist")               # or tfds:NAME, folder:/p, tfrecord:/p
 ds = make_pretrain_dataset(source, batch_size=256, image_size=32, seed=0)
 view1, view2 = next(iter(ds))                        # float32 (256, 32, 32, 3) each
+
+Names are imported on first use (see care_tf/_lazy.py), so
+`python -m care_tf.data.make_tfrecords --help` answers without loading TensorFlow.
 """
 
-from care_tf.data.augment import TwoViewAugment
-from care_tf.data.eval_pipeline import make_eval_dataset
-from care_tf.data.fashion_mnist import load_fashion_mnist
-from care_tf.data.pipeline import distribute_pretrain_dataset, make_pretrain_dataset
-from care_tf.data.sources import Source, load_source
+import sys as _sys
 
-__all__ = [
-    "Source",
-    "TwoViewAugment",
-    "distribute_pretrain_dataset",
-    "load_fashion_mnist",
-    "load_source",
-    "make_eval_dataset",
-    "make_pretrain_dataset",
-]
+from care_tf._lazy import lazy_exports as _lazy_exports
+from care_tf._lazy import load_all as _load_all
+
+_EXPORTS = {
+    "Source": "care_tf.data.sources",
+    "TwoViewAugment": "care_tf.data.augment",
+    "distribute_pretrain_dataset": "care_tf.data.pipeline",
+    "load_fashion_mnist": "care_tf.data.fashion_mnist",
+    "load_source": "care_tf.data.sources",
+    "make_eval_dataset": "care_tf.data.eval_pipeline",
+    "make_pretrain_dataset": "care_tf.data.pipeline",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
+
+if "keras" in _sys.modules:
+    _load_all(__name__, _EXPORTS)

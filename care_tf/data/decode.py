@@ -6,18 +6,51 @@ import sys
 
 import tensorflow as tf
 
-# A JPEG whose last bytes hold no end-of-image marker (FF D9) was cut short; TF's decoder
-# silently fills the missing rows with grey, so we check the tail ourselves.
-_JPEG_TAIL = 1024
+# A JPEG cut short has no end-of-image marker (FF D9) after its image data; TF's decoder
+# silently fills the missing rows with grey, so we check for the marker ourselves. Bytes
+# after the marker (camera trailers, appended videos) are allowed, as image decoders do.
+_SOS, _EOI = 0xDA, 0xD9
 
 
-def _jpeg_complete(data: tf.Tensor) -> tf.Tensor:
-    """True unless `data` is a JPEG without an FF D9 marker in its last 1 KiB."""
-    n = tf.strings.length(data)
-    start = tf.maximum(n - _JPEG_TAIL, 0)
-    tail = tf.io.decode_raw(tf.strings.substr(data, start, n - start), tf.uint8)
-    has_eoi = tf.reduce_any(tf.logical_and(tf.equal(tail[:-1], 0xFF), tf.equal(tail[1:], 0xD9)))
-    return tf.logical_or(tf.logical_not(tf.io.is_jpeg(data)), has_eoi)
+def _first_scan(b: tf.Tensor) -> tf.Tensor:
+    """Index of the first start-of-scan marker (FF DA) of JPEG bytes `b` (int32 vector),
+    walking the header's marker segments (so an EXIF thumbnail's markers are skipped);
+    -1 when the header is malformed or has no scan."""
+    n = tf.size(b)
+
+    def cond(pos, found):
+        return tf.logical_and(found < 0, pos + 3 < n)
+
+    def body(pos, found):
+        marker = b[pos + 1]
+        valid = tf.equal(b[pos], 0xFF)
+        fill = tf.equal(marker, 0xFF)
+        standalone = tf.logical_or(
+            tf.logical_and(marker >= 0xD0, marker <= 0xD9), tf.equal(marker, 0x01)
+        )
+        length = b[pos + 2] * 256 + b[pos + 3]
+        step = tf.where(fill, 1, tf.where(standalone, 2, 2 + length))
+        is_scan = tf.logical_and(valid, tf.equal(marker, _SOS))
+        found = tf.where(is_scan, pos, found)
+        pos = tf.where(valid, pos + step, n)  # malformed: stop
+        return pos, found
+
+    _, found = tf.while_loop(cond, body, (tf.constant(2), tf.constant(-1)))
+    return found
+
+
+def jpeg_complete(data: tf.Tensor) -> tf.Tensor:
+    """False only for a JPEG with no end-of-image marker (FF D9) after its first scan, i.e.
+    cut short; True for complete JPEGs (trailing bytes allowed) and for other formats."""
+
+    def check():
+        b = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int32)
+        scan = _first_scan(b)
+        eoi = tf.logical_and(tf.equal(b[:-1], 0xFF), tf.equal(b[1:], _EOI))
+        after = tf.range(tf.size(eoi)) > scan
+        return tf.logical_or(scan < 0, tf.reduce_any(tf.logical_and(eoi, after)))
+
+    return tf.cond(tf.io.is_jpeg(data), check, lambda: tf.constant(True))
 
 
 def decode_rgb(data: tf.Tensor) -> tf.Tensor:
@@ -35,7 +68,7 @@ def _try_decode(name: tf.Tensor, data: tf.Tensor, label: tf.Tensor, read: bool):
     def decode(name, data, label):
         if read:
             data = tf.io.read_file(data)
-        check = tf.debugging.Assert(_jpeg_complete(data), ["truncated JPEG"])
+        check = tf.debugging.Assert(jpeg_complete(data), ["truncated JPEG"])
         with tf.control_dependencies([check]):
             return name, decode_rgb(data), label, tf.constant(True)
 

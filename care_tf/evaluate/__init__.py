@@ -1,18 +1,33 @@
 """Evaluation of pretrained backbones: linear probe, kNN, online monitors, attention maps.
 
 Command line: `python -m care_tf.evaluate {linear,knn,attention} --help` (see
-docs/evaluation.md).
+docs/evaluation.md). Names are imported on first use (see care_tf/_lazy.py).
 """
 
-from care_tf.evaluate.attention import attention_maps, save_attention_grid
-from care_tf.evaluate.features import extract_features
-from care_tf.evaluate.knn import knn_evaluate, knn_scores
-from care_tf.evaluate.linear import (
-    LinearClassifier,
-    make_linear_head,
-    probe_learning_rate,
-    train_linear_probe,
-    train_linear_probe_on_features,
-)
-from care_tf.evaluate.monitors import KNNMonitor, OnlineLinearProbe
-from care_tf.evaluate.report import classification_report, plot_confusion_matrix, write_json
+import sys as _sys
+
+from care_tf._lazy import lazy_exports as _lazy_exports
+from care_tf._lazy import load_all as _load_all
+
+_EXPORTS = {
+    "attention_maps": "care_tf.evaluate.attention",
+    "save_attention_grid": "care_tf.evaluate.attention",
+    "extract_features": "care_tf.evaluate.features",
+    "knn_evaluate": "care_tf.evaluate.knn",
+    "knn_scores": "care_tf.evaluate.knn",
+    "LinearClassifier": "care_tf.evaluate.linear",
+    "make_linear_head": "care_tf.evaluate.linear",
+    "probe_learning_rate": "care_tf.evaluate.linear",
+    "train_linear_probe": "care_tf.evaluate.linear",
+    "train_linear_probe_on_features": "care_tf.evaluate.linear",
+    "KNNMonitor": "care_tf.evaluate.monitors",
+    "OnlineLinearProbe": "care_tf.evaluate.monitors",
+    "classification_report": "care_tf.evaluate.report",
+    "plot_confusion_matrix": "care_tf.evaluate.report",
+    "write_json": "care_tf.evaluate.report",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
+
+if "keras" in _sys.modules:
+    _load_all(__name__, _EXPORTS)

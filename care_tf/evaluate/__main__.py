@@ -8,7 +8,11 @@
         --dataset fashion_mnist --num_images 8
 
 Results go to `--out` (default `MODEL_DIR/eval/`): `linear.json` or `knn.json`,
-`linear_confusion.png` / `knn_confusion.png`, `attention.png`. See docs/evaluation.md.
+`linear_confusion.png` / `knn_confusion.png`, `attention.png`; a run with `--limit N`
+writes `knn_limitN.json` etc., never overwriting the full evaluation. `--model_dir`
+takes a run directory, its `backbone.keras` or its full `model.keras`. A wrong
+argument, file or folder ends in one `error:` line (exit 2); `--debug` shows the
+traceback. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -18,27 +22,21 @@ import os
 import sys
 import time
 
-import numpy as np
-import tensorflow as tf
-
-from care_tf.evaluate.knn import DEFAULT_K, DEFAULT_TEMPERATURE
-
-
-class UsageError(Exception):
-    """A user error reported as `error: ...` with exit status 2 (no traceback)."""
+from care_tf.cli_errors import UsageError, add_debug_flag, prog_name, run_cli
+from care_tf.constants import DEFAULT_K, DEFAULT_TEMPERATURE
 
 
 # --------------------------------------------------------------------- loading
 def load_backbone(model_dir: str):
     """The run's backbone (`model_dir/backbone.keras`, or a `.keras` file)."""
-    from care_tf.model_dir import load_backbone as _load
-
     if not os.path.exists(model_dir):
         raise UsageError(f"--model_dir {model_dir!r} does not exist.")
+    from care_tf.model_dir import load_backbone as _load
+
     try:
         return _load(model_dir)
-    except FileNotFoundError as e:
-        raise UsageError(str(e)) from e
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--model_dir: {e}") from e
 
 
 def image_size_of(backbone, override: int | None) -> int:
@@ -81,9 +79,13 @@ def load_split(
     Returns:
         `(dataset, source, num_examples)`; `num_examples` is None when unknown.
     """
+    import tensorflow as tf
+
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be a positive number of examples; got {limit}.")
     try:
         source = _load_source(spec, split, data_dir=data_dir)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, OSError) as e:
         raise UsageError(f"--dataset {spec!r} (split {split!r}): {e}") from e
     if require_labels and not source.labelled:
         raise UsageError(
@@ -108,7 +110,8 @@ def default_out(model_dir: str, out: str | None) -> str:
     """`--out`, else `MODEL_DIR/eval` (next to the `.keras` file if one was given)."""
     if out:
         return out
-    base = os.path.dirname(model_dir) if model_dir.endswith(".keras") else model_dir
+    is_file = model_dir.endswith(".keras") or os.path.isfile(model_dir)
+    base = os.path.dirname(model_dir) if is_file else model_dir
     return os.path.join(base, "eval")
 
 
@@ -116,6 +119,32 @@ def _out_paths(out: str, stem: str) -> tuple[str, str]:
     if out.endswith(".json"):
         return out, out[: -len(".json")] + "_confusion.png"
     return os.path.join(out, f"{stem}.json"), os.path.join(out, f"{stem}_confusion.png")
+
+
+def _check_classes(labels, what: str, dataset: str) -> None:
+    """Refuses a probe on fewer than two classes (its accuracy would be 100% by default)."""
+    import numpy as np
+
+    found = np.unique(labels)
+    if len(found) < 2:
+        raise UsageError(
+            f"--dataset {dataset!r}: the {what} holds {len(found)} class(es) "
+            f"({found.tolist()}); a probe needs at least two classes to mean anything."
+        )
+
+
+def _check_args(args) -> None:
+    for name in ("batch_size", "k", "epochs", "num_images"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be >= 1; got {value}.")
+    if getattr(args, "temperature", 1.0) <= 0:
+        raise UsageError(f"--temperature must be > 0; got {args.temperature}.")
+    if getattr(args, "limit", None) is not None and args.limit < 1:
+        raise UsageError(
+            f"--limit must be a positive number of examples; got {args.limit} "
+            "(omit --limit to use every example)."
+        )
 
 
 # -------------------------------------------------------------------- commands
@@ -142,6 +171,7 @@ def run_knn(args) -> dict:
         backbone, train_ds, progress=progress, desc="train features"
     )
     eval_x, eval_y = extract_features(backbone, eval_ds, progress=progress, desc="eval features")
+    _check_classes(train_y, f"memory bank ({args.train_split})", args.dataset)
     num_classes = source.num_classes or int(max(train_y.max(), eval_y.max())) + 1
     scores = knn_scores(
         train_x, train_y, eval_x, num_classes=num_classes, k=args.k, temperature=args.temperature
@@ -169,9 +199,10 @@ def run_knn(args) -> dict:
 
 def _save_results(args, kind: str, results: dict, title: str) -> dict:
     """Writes `kind`.json and its confusion-matrix PNG; returns results with their paths."""
-    from care_tf.evaluate.report import plot_confusion_matrix, write_json
+    from care_tf.evaluate.report import plot_confusion_matrix, result_name, write_json
 
-    json_path, png_path = _out_paths(default_out(args.model_dir, args.out), kind)
+    stem = result_name(kind, args.limit)
+    json_path, png_path = _out_paths(default_out(args.model_dir, args.out), stem)
     plot_confusion_matrix(
         results["confusion_matrix"],
         results["class_names"],
@@ -212,6 +243,7 @@ def run_linear(args) -> dict:
         eval_x, eval_y = extract_features(
             backbone, eval_ds, progress=progress, desc="eval features"
         )
+        _check_classes(train_y, f"training split ({args.train_split})", args.dataset)
         num_classes = source.num_classes or int(max(train_y.max(), eval_y.max())) + 1
         head, history = train_linear_probe_on_features(
             train_x,
@@ -316,7 +348,12 @@ def run_attention(args) -> dict:
         data_dir=args.data_dir,
         require_labels=False,
     )
-    images, labels = next(iter(dataset))
+    batch = next(iter(dataset), None)
+    if batch is None:
+        raise UsageError(f"--dataset {args.dataset!r} split {args.split!r} has no images.")
+    images, labels = batch
+    import numpy as np
+
     images, labels = np.asarray(images), np.asarray(labels)
     maps = {
         name: attention_maps(b, images, method=args.method, feature_key=args.feature)
@@ -338,9 +375,10 @@ def run_attention(args) -> dict:
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m care_tf.evaluate",
+        prog=prog_name("care_tf.evaluate"),
         description="Evaluate a pretrained CARE backbone: linear probe, kNN, attention maps.",
     )
+    add_debug_flag(parser)
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="{linear,knn,attention,classifier}"
     )
@@ -377,12 +415,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--model_dir",
             required=True,
-            help="training run directory (with backbone.keras) or a .keras file",
+            help="training run directory, or its backbone.keras or model.keras file",
         )
         data_args(p)
         p.add_argument("--batch_size", type=int, default=256, help="batch size (default: 256)")
         p.add_argument(
-            "--limit", type=int, default=None, help="use at most N examples per split (smoke runs)"
+            "--limit",
+            type=int,
+            default=None,
+            help="use at most N examples per split (smoke runs); results go to "
+            "KIND_limitN.json, apart from the full evaluation's",
         )
         p.add_argument(
             "--out", default=None, help="output directory or .json path (default: MODEL_DIR/eval/)"
@@ -477,14 +519,19 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Parses `argv`, runs the command, prints a summary; returns the results dict."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        results = COMMANDS[args.command](args)
-    except UsageError as e:
-        parser.exit(2, f"error: {e}\n")
+def evaluate(argv: list[str] | None = None) -> dict:
+    """Runs the command of `argv` and returns its results dict (raises UsageError)."""
+    args = build_parser().parse_args(argv)
+    return _run(args)
+
+
+def _run(args) -> dict:
+    _check_args(args)
+    return COMMANDS[args.command](args)
+
+
+def _report(args) -> int:
+    results = _run(args)
     if "top1" in results:
         print(
             f"{args.command}: top-1 {100 * results['top1']:.2f}%  "
@@ -492,8 +539,13 @@ def main(argv: list[str] | None = None) -> dict:
         )
     for name, path in results.get("paths", {}).items():
         print(f"{name}: {path}")
-    return results
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parses `argv`, runs the command, prints a summary; returns the exit status."""
+    return run_cli(build_parser(), _report, argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

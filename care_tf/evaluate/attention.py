@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from care_tf import atomic
 from care_tf.constants import IMAGENET_MEAN, IMAGENET_STD
 from care_tf.evaluate.features import select_features
 
@@ -143,6 +144,7 @@ def save_attention_grid(
         axes[0, j].set_title(name, fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path

@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-DEFAULT_K = 200
-DEFAULT_TEMPERATURE = 0.1
+from care_tf.constants import DEFAULT_K, DEFAULT_TEMPERATURE
 
 
 def knn_scores(

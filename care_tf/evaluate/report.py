@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
+from care_tf import atomic
 from care_tf.evaluate.knn import top_k_accuracy
 
 
@@ -92,9 +92,16 @@ def plot_confusion_matrix(
     ax.set_title(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
+
+
+def result_name(kind: str, limit: int | None = None) -> str:
+    """File stem of an evaluation's results: `knn`, or `knn_limit5000` for a `--limit` run
+    (so a smoke run never overwrites the full evaluation)."""
+    return f"{kind}_limit{limit}" if limit else kind
 
 
 def write_json(results: dict, path: str) -> str:
@@ -107,8 +114,4 @@ def write_json(results: dict, path: str) -> str:
             return value.item()
         raise TypeError(f"Not JSON serialisable: {type(value).__name__}")
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2, default=convert)
-        f.write("\n")
-    return path
+    return atomic.write_json(path, results, default=convert)

@@ -1,10 +1,22 @@
 """Export for deployment: SavedModel for TF Serving, TFLite, verification.
 
 python -m care_tf.export --model_dir runs/x --out exported --format all
+
+Names are imported on first use (see care_tf/_lazy.py).
 """
 
-from care_tf.export.classifier import export_classifier
-from care_tf.export.exporter import export_backbone
-from care_tf.export.source import ExportError
+import sys as _sys
 
-__all__ = ["ExportError", "export_backbone", "export_classifier"]
+from care_tf._lazy import lazy_exports as _lazy_exports
+from care_tf._lazy import load_all as _load_all
+
+_EXPORTS = {
+    "ExportError": "care_tf.export.source",
+    "export_backbone": "care_tf.export.exporter",
+    "export_classifier": "care_tf.export.classifier",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
+
+if "keras" in _sys.modules:
+    _load_all(__name__, _EXPORTS)

@@ -5,6 +5,10 @@ Examples:
     python -m care_tf.export --model_dir runs/quickstart --out exported
     python -m care_tf.export --model_dir runs/quickstart --out exported --format tflite \
         --quantize int8 --calibration fashion_mnist
+
+Exit status: 0 exported and verified; 1 a verification failed; 2 a wrong argument,
+file or folder, or OUT locked by another export (one `error:` line; `--debug`
+shows the traceback). `--help` answers without loading TensorFlow.
 """
 
 from __future__ import annotations
@@ -13,12 +17,19 @@ import argparse
 import os
 import sys
 
+from care_tf.cli_errors import add_debug_flag, prog_name, run_cli
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Defaults of care_tf.export.preprocess.SizeLimits (a test checks they agree; that
+# module imports TensorFlow, which --help must not load).
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_ASPECT_RATIO = 100.0
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m care_tf.export",
+        prog=prog_name("care_tf.export"),
         description=(
             "Export a trained CARE backbone: a SavedModel for TF Serving (OUT/NAME/VERSION/) "
             "and/or TFLite (OUT/tflite/NAME/VERSION/NAME_<q>.tflite). Every export is "
@@ -79,12 +90,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--top_k", type=int, default=5, help="classes returned with --classifier (default: 5)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--max_image_pixels",
+        type=int,
+        default=MAX_IMAGE_PIXELS,
+        help="served images with more pixels (height x width, read from the header of "
+        f"encoded images) are refused (default: {MAX_IMAGE_PIXELS:,})",
+    )
+    parser.add_argument(
+        "--max_aspect_ratio",
+        type=float,
+        default=MAX_ASPECT_RATIO,
+        help="served images whose longer side exceeds this many times the shorter are "
+        f"refused (default: {MAX_ASPECT_RATIO:g})",
+    )
+    add_debug_flag(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from care_tf.export import ExportError, export_backbone
+    """Parses `argv` and exports; returns the exit status (see the module docstring)."""
+    return run_cli(build_parser(), export, argv)
+
+
+def export(args: argparse.Namespace) -> int:
+    """Runs the export described by parsed arguments; returns the exit status."""
+    from care_tf.export.exporter import VerificationError, export_backbone
 
     try:
         if args.classifier:
@@ -101,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             feature_maps=args.feature_maps,
             overwrite=args.overwrite,
             image_size=args.image_size,
+            max_image_pixels=args.max_image_pixels,
+            max_aspect_ratio=args.max_aspect_ratio,
         )
-    except ExportError as err:
+    except VerificationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -5,13 +5,18 @@ Layout under `out`:
     OUT/NAME/VERSION/                      SavedModel (TF Serving's model base path OUT/NAME)
     OUT/tflite/NAME/VERSION/NAME_<q>.tflite  TFLite, q in float32|float16|dynamic|int8
     OUT/tflite/NAME/VERSION/NAME_<q>.json    its metadata
+
+The whole export holds an exclusive lock on OUT (`OUT/.care.lock`, see
+care_tf/locking.py): a second export into the same OUT fails at once. Each
+artefact is written aside (`OUT/NAME/.tmp-VERSION-PID`, `....tflite.PID.tmp`),
+verified, and only then renamed into place, replacing an old version only after
+the new one is complete.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,9 +26,11 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from care_tf import atomic
 from care_tf.export import calibration as calib
 from care_tf.export import preprocess, saved_model, tflite, verify
 from care_tf.export.source import ExportError, ExportSource, load_source, metadata
+from care_tf.locking import DirLock
 
 FORMATS = ("saved_model", "tflite", "all")
 VERIFY_EXAMPLES = 4
@@ -93,6 +100,10 @@ def format_check(check: dict) -> str:
     return text + f" <= {check['tolerance']:g}"
 
 
+class VerificationError(ExportError):
+    """The written export does not reproduce the Keras model (the CLI exits 1)."""
+
+
 def _prepare_destination(path: str, overwrite: bool, what: str) -> None:
     if os.path.exists(path):
         if not overwrite:
@@ -102,13 +113,9 @@ def _prepare_destination(path: str, overwrite: bool, what: str) -> None:
             )
 
 
-def _publish(tmp: str, final: str) -> None:
-    """Moves a verified export into place (replacing an old one)."""
-    if os.path.isdir(final):
-        shutil.rmtree(final)
-    elif os.path.exists(final):
-        os.remove(final)
-    os.replace(tmp, final)
+def _check_out(out: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ExportError(f"--out {out!r} is a file; give a directory (created if missing).")
 
 
 def export_backbone(
@@ -123,6 +130,8 @@ def export_backbone(
     feature_maps: bool = False,
     overwrite: bool = False,
     image_size: int | None = None,
+    max_image_pixels: int = preprocess.DEFAULT_LIMITS.max_pixels,
+    max_aspect_ratio: float = preprocess.DEFAULT_LIMITS.max_aspect_ratio,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Exports a run's backbone and verifies every file in a fresh process.
@@ -141,13 +150,19 @@ def export_backbone(
         feature_maps: bool. Also output res4 and res5 (pixel signatures, TFLite).
         overwrite: bool. Replace an existing version directory / TFLite file.
         image_size: int. Only for backbones with unknown input size.
+        max_image_pixels: int. Served images with more pixels (height x width, read
+            from the header for encoded images) are refused. Defaults to 50 MP.
+        max_aspect_ratio: float. Served images more elongated than this are refused.
+            Defaults to 100.
         log: where progress lines go.
 
     Returns:
         {"saved_model": path, "tflite": path, "checks": {...}} for what was written.
 
     Raises:
-        ExportError: bad arguments or input, or a failed verification.
+        ExportError: bad arguments or input; VerificationError (a subclass) for a
+            failed verification; care_tf.locking.LockError when another export
+            holds `out`.
     """
     if format not in FORMATS:
         raise ExportError(f"--format must be one of {FORMATS}; got {format!r}.")
@@ -164,6 +179,25 @@ def export_backbone(
             "--quantize int8 needs real images to calibrate on: pass --calibration SPEC "
             "(e.g. fashion_mnist, folder:/path/to/images)."
         )
+    try:
+        limits = preprocess.SizeLimits(int(max_image_pixels), float(max_aspect_ratio))
+    except ValueError as err:
+        raise ExportError(f"--max_image_pixels / --max_aspect_ratio: {err}") from None
+    _check_out(out)
+    with DirLock(
+        out, "export directory", hint="Wait for it to finish, or export to another --out."
+    ):
+        return _export_locked(
+            model_dir, out, format, name, version, quantize, calibration,
+            calibration_samples, feature_maps, overwrite, image_size, limits, log,
+        )  # fmt: skip
+
+
+def _export_locked(
+    model_dir, out, format, name, version, quantize, calibration,
+    calibration_samples, feature_maps, overwrite, image_size, limits, log,
+) -> dict:  # fmt: skip
+    """`export_backbone` once `out` is locked and the arguments are checked."""
     want_sm = format in ("saved_model", "all")
     want_tfl = format in ("tflite", "all")
     sm_path = saved_model_dir(out, name, version)
@@ -176,6 +210,7 @@ def export_backbone(
     started = time.time()
     log(f"[export] loading backbone from {model_dir}")
     source = load_source(model_dir, image_size=image_size)
+    source.limits = limits
     size = source.image_size
     log(
         f"[export] {source.backbone.name}: {source.backbone.count_params():,} parameters, "
@@ -193,8 +228,9 @@ def export_backbone(
 
     if want_sm:
         os.makedirs(os.path.dirname(sm_path), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(sm_path), f".tmp-{version}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        # Leftovers of killed exports (we hold the lock, so none is in progress).
+        atomic.remove_stale(os.path.dirname(sm_path), f".tmp-{version}-")
+        tmp = os.path.join(os.path.dirname(sm_path), f".tmp-{version}-{os.getpid()}")
         log(f"[export] writing SavedModel to {sm_path}")
         saved_model.write_saved_model(source, tmp, feature_maps)
         raw = synthetic_images(VERIFY_EXAMPLES, size + 13, size + 5)
@@ -204,12 +240,14 @@ def export_backbone(
         gray_ref = keras_outputs(source, preprocess.preprocess(gray, size).numpy(), False)
         data["expected_gray_embedding"] = gray_ref["expected_embedding"]
         report = _verify(log, "saved_model", tmp, data, "none")
-        _publish(tmp, sm_path)
+        atomic.publish_dir(tmp, sm_path)
         result["saved_model"] = sm_path
         result["checks"]["saved_model"] = report
 
     if want_tfl:
         os.makedirs(os.path.dirname(tfl_path), exist_ok=True)
+        stale = os.path.basename(tfl_path) + "."
+        atomic.remove_stale(os.path.dirname(tfl_path), stale)
         label = "float32" if quantize == "none" else quantize
         cal = None
         if quantize == "int8":
@@ -226,7 +264,7 @@ def export_backbone(
             if quantize == "dynamic":
                 log("[export] note: no --calibration, verifying on synthetic images")
         log(f"[export] converting to TFLite {label}: {tfl_path}")
-        tmp = tfl_path + ".tmp"
+        tmp = f"{tfl_path}.{os.getpid()}.tmp"
         nbytes = tflite.write_tflite(source, tmp, quantize, cal, feature_maps)
         data = {"pixels": test}
         data.update(keras_outputs(source, preprocess.normalize(test).numpy(), feature_maps))
@@ -249,9 +287,8 @@ def export_backbone(
             },
             verification=report["checks"],
         )
-        _publish(tmp, tfl_path)
-        with open(os.path.splitext(tfl_path)[0] + ".json", "w") as f:
-            json.dump(meta, f, indent=2)
+        atomic.publish_dir(tmp, tfl_path)
+        atomic.write_json(os.path.splitext(tfl_path)[0] + ".json", meta)
         log(f"[export] TFLite {label}: {nbytes / 1e6:.2f} MB")
         result["tflite"] = tfl_path
         result["checks"]["tflite"] = report
@@ -267,7 +304,7 @@ def _verify(log, kind: str, path: str, data: dict, quantize: str) -> dict:
         log(format_check(check))
     if not report["ok"]:
         failed = [c["name"] for c in report["checks"] if not c["ok"]]
-        raise ExportError(
+        raise VerificationError(
             f"Verification of the {kind} export failed ({', '.join(failed)}); "
             f"the unverified export is left at {path}."
         )

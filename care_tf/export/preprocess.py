@@ -5,9 +5,17 @@ The evaluation protocol: resize the shorter side to `resize_size(image_size)`
 `care_tf.data.eval_pipeline`), centre-crop
 `image_size x image_size`, scale to [0, 1] and normalise with the ImageNet
 mean/std. Grayscale (1-channel) images are repeated to 3 channels.
+
+Requests are checked before any large tensor is made: an image's height x width
+(read from the JPEG/PNG/GIF/BMP header for encoded images, before decoding) must
+be at most `SizeLimits.max_pixels` and its aspect ratio at most
+`SizeLimits.max_aspect_ratio` (both set at export), and float pixels must be
+finite. A request that breaks one fails with InvalidArgument naming the limit.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import tensorflow as tf
 
@@ -15,6 +23,86 @@ from care_tf.constants import IMAGENET_MEAN, IMAGENET_STD
 
 RESIZE_METHOD = "bilinear"
 ANTIALIAS = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeLimits:
+    """What one served image may be, checked before decoding or resizing.
+
+    Attributes:
+        max_pixels: int. Largest height x width of one image. Defaults to 50 MP
+            (a decoded 50 MP RGB image is 150 MB as uint8, 600 MB as float32).
+        max_aspect_ratio: float. Largest longer side / shorter side. Defaults to 100.
+    """
+
+    max_pixels: int = 50_000_000
+    max_aspect_ratio: float = 100.0
+
+    def __post_init__(self):
+        if self.max_pixels < 1 or not self.max_aspect_ratio >= 1:
+            raise ValueError(
+                "max_pixels must be >= 1 and max_aspect_ratio >= 1; got "
+                f"max_pixels={self.max_pixels}, max_aspect_ratio={self.max_aspect_ratio}."
+            )
+
+
+DEFAULT_LIMITS = SizeLimits()
+
+
+def check_size(height: tf.Tensor, width: tf.Tensor, limits: SizeLimits, what: str) -> list:
+    """Assertions (run-time InvalidArgumentError) that an image of `height` x `width`
+    pixels is non-empty and within `limits`; `what` names the input in messages."""
+    h = tf.cast(height, tf.int64)
+    w = tf.cast(width, tf.int64)
+    longer, shorter = tf.maximum(h, w), tf.minimum(h, w)
+    big = h * w > tf.constant(limits.max_pixels, tf.int64)
+    long = tf.cast(longer, tf.float64) > tf.cast(shorter, tf.float64) * limits.max_aspect_ratio
+    return [
+        tf.debugging.Assert(
+            shorter > 0, [f"{what}: image is empty; got height, width", h, w], summarize=2
+        ),
+        tf.debugging.Assert(
+            tf.logical_not(big),
+            [
+                f"{what}: image is too large: height x width must be at most "
+                f"{limits.max_pixels} pixels (max_image_pixels, set at export with "
+                "--max_image_pixels); got height, width",
+                h,
+                w,
+            ],
+            summarize=2,
+        ),
+        tf.debugging.Assert(
+            tf.logical_not(long),
+            [
+                f"{what}: image is too elongated: the longer side may be at most "
+                f"{limits.max_aspect_ratio:g} x the shorter (max_aspect_ratio, set at export "
+                "with --max_aspect_ratio); got height, width",
+                h,
+                w,
+            ],
+            summarize=2,
+        ),
+    ]
+
+
+def check_pixels(images: tf.Tensor, limits: SizeLimits = DEFAULT_LIMITS) -> tf.Tensor:
+    """`images` (B, H, W, C) after checking rank, size and (for floats) finiteness."""
+    checks = [
+        tf.debugging.assert_rank(
+            images, 4, message="images must be a batch (B, H, W, C) of NHWC pixels"
+        )
+    ]
+    shape = tf.shape(images)
+    checks += check_size(shape[1], shape[2], limits, "images")
+    if images.dtype.is_floating:
+        checks.append(
+            tf.debugging.assert_all_finite(
+                images, message="images must be finite pixels 0..255; got NaN or Inf"
+            )
+        )
+    with tf.control_dependencies(checks):
+        return tf.identity(images)
 
 
 def resize_size(image_size: int) -> int:
@@ -80,16 +168,67 @@ def crop_pixels(images: tf.Tensor, image_size: int) -> tf.Tensor:
     return resize_and_crop(to_rgb(images), image_size)
 
 
-def preprocess(images: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Raw (B, H, W, 1|3) pixels -> (B, S, S, 3) normalised float32, what the backbone takes."""
+def preprocess(images: tf.Tensor, image_size: int, limits: SizeLimits | None = None) -> tf.Tensor:
+    """Raw (B, H, W, 1|3) pixels -> (B, S, S, 3) normalised float32, what the backbone takes.
+
+    With `limits` (what served graphs use) the input is checked first (`check_pixels`).
+    """
+    if limits is not None:
+        images = check_pixels(images, limits)
     return normalize(crop_pixels(images, image_size))
 
 
-def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
+def _header_size(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(height, width) int64 read from a JPEG/PNG/GIF/BMP header, without decoding;
+    (1, 1) for other bytes (the decoder then refuses them)."""
+    padded = tf.strings.join([image_bytes, tf.constant(b"\x00" * 32)])
+    b = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, 32), tf.uint8), tf.int64)
+
+    def big_endian(i):  # uint32
+        return b[i] * 2**24 + b[i + 1] * 2**16 + b[i + 2] * 2**8 + b[i + 3]
+
+    def little_endian32(i):  # int32, sign removed (BMP heights are negative top-down)
+        value = b[i] + b[i + 1] * 2**8 + b[i + 2] * 2**16 + b[i + 3] * 2**24
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    head = tf.strings.substr(padded, 0, 4)
+    is_jpeg = tf.equal(tf.strings.substr(head, 0, 3), b"\xff\xd8\xff")
+    is_png = tf.equal(head, b"\x89PNG")
+    is_gif = tf.equal(tf.strings.substr(head, 0, 3), b"GIF")
+    is_bmp = tf.equal(tf.strings.substr(head, 0, 2), b"BM")
+    jpeg = tf.cond(
+        is_jpeg,
+        lambda: tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2], tf.int64),
+        lambda: tf.ones([2], tf.int64),
+    )
+    one = tf.constant(1, tf.int64)
+    height = tf.where(
+        is_jpeg,
+        jpeg[0],
+        tf.where(
+            is_png,
+            big_endian(20),
+            tf.where(is_gif, b[8] + b[9] * 256, tf.where(is_bmp, little_endian32(22), one)),
+        ),
+    )
+    width = tf.where(
+        is_jpeg,
+        jpeg[1],
+        tf.where(
+            is_png,
+            big_endian(16),
+            tf.where(is_gif, b[6] + b[7] * 256, tf.where(is_bmp, little_endian32(18), one)),
+        ),
+    )
+    return height, width
+
+
+def decode_image(image_bytes: tf.Tensor, limits: SizeLimits = DEFAULT_LIMITS) -> tf.Tensor:
     """One encoded JPEG/PNG/GIF/BMP string -> (H, W, 3) uint8.
 
     Raises (at run time) InvalidArgumentError with a clear message for bytes
-    that are not an image.
+    that are not an image, or whose header gives a size outside `limits`
+    (checked before decoding).
     """
     # decode_image sniffs the format from the first bytes; check them first for a
     # clearer message than the decoder's.
@@ -110,15 +249,19 @@ def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
         message="image_bytes: input is not a JPEG, PNG, GIF or BMP image",
     )
     with tf.control_dependencies([check]):
+        height, width = _header_size(image_bytes)
+    with tf.control_dependencies(check_size(height, width, limits, "image_bytes")):
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     return tf.ensure_shape(image, [None, None, 3])
 
 
-def preprocess_bytes(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
+def preprocess_bytes(
+    image_bytes: tf.Tensor, image_size: int, limits: SizeLimits = DEFAULT_LIMITS
+) -> tf.Tensor:
     """(B,) encoded images (each its own size) -> (B, S, S, 3) normalised float32."""
 
     def one(encoded: tf.Tensor) -> tf.Tensor:
-        image = decode_image(encoded)[tf.newaxis]
+        image = decode_image(encoded, limits)[tf.newaxis]
         return crop_pixels(image, image_size)[0]
 
     pixels = tf.map_fn(
@@ -129,9 +272,11 @@ def preprocess_bytes(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     return normalize(pixels)
 
 
-def constants(image_size: int) -> dict:
+def constants(image_size: int, limits: SizeLimits = DEFAULT_LIMITS) -> dict:
     """The preprocessing constants, as written into export metadata."""
     return {
+        "max_image_pixels": int(limits.max_pixels),
+        "max_aspect_ratio": float(limits.max_aspect_ratio),
         "image_size": int(image_size),
         "resize_size": resize_size(image_size),
         "resize": f"shorter side to resize_size ({RESIZE_METHOD}, antialias={ANTIALIAS}), "

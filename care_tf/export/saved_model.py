@@ -1,6 +1,8 @@
 """SavedModel for TF Serving: raw-pixel and encoded-image signatures, metadata assets.
 
-Signatures (all return float32 `embedding` (B, C5), the pooled res5 features):
+Signatures (all return float32 `embedding` (B, C5), the pooled res5 features; each
+refuses, with InvalidArgument naming the limit, an image over `max_image_pixels` or
+`max_aspect_ratio` (checked from the header before decoding) and NaN/Inf pixels):
 - `serving_default`: `images` float32 (B, H, W, 1|3) pixels in 0..255, any size;
 - `serve_uint8`: `images` uint8 (B, H, W, 1|3), any size;
 - `serve_image_bytes`: `image_bytes` string (B,) encoded JPEG/PNG/GIF/BMP.
@@ -33,9 +35,14 @@ BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
 
 
 def build_module(source: ExportSource, feature_maps: bool = False) -> tf.Module:
-    """A tf.Module holding the backbone and the three serving functions."""
+    """A tf.Module holding the backbone and the three serving functions.
+
+    Every function checks its input first (`preprocess.check_pixels` /
+    `preprocess.decode_image`): size limits `source.limits`, finite pixels.
+    """
     backbone = source.backbone
     size = source.image_size
+    limits = source.limits or preprocess.DEFAULT_LIMITS
 
     def run(images: tf.Tensor, with_maps: bool) -> dict[str, tf.Tensor]:
         out = backbone(images, training=False)
@@ -50,15 +57,15 @@ def build_module(source: ExportSource, feature_maps: bool = False) -> tf.Module:
 
     @tf.function(input_signature=[pixel_spec(tf.float32)])
     def serve_float(images):
-        return run(preprocess.preprocess(images, size), feature_maps)
+        return run(preprocess.preprocess(images, size, limits), feature_maps)
 
     @tf.function(input_signature=[pixel_spec(tf.uint8)])
     def serve_uint8(images):
-        return run(preprocess.preprocess(images, size), feature_maps)
+        return run(preprocess.preprocess(images, size, limits), feature_maps)
 
     @tf.function(input_signature=[BYTES_SPEC])
     def serve_image_bytes(image_bytes):
-        return run(preprocess.preprocess_bytes(image_bytes, size), False)
+        return run(preprocess.preprocess_bytes(image_bytes, size, limits), False)
 
     module.serve_float = serve_float
     module.serve_uint8 = serve_uint8

@@ -28,6 +28,8 @@ class ExportSource:
         image_size: int. Side of the square crop the backbone takes, pixels.
         step: int or "unknown". Training steps of the run.
         model_dir: str. Where it came from.
+        limits: preprocess.SizeLimits or None. Size limits of served images
+            (None: the defaults).
     """
 
     backbone: keras.Model
@@ -35,6 +37,7 @@ class ExportSource:
     image_size: int
     step: int | str
     model_dir: str
+    limits: object = None
 
     @property
     def output_shapes(self) -> dict[str, tuple]:
@@ -200,9 +203,10 @@ def load_source(model_dir: str, image_size: int | None = None) -> ExportSource:
     except FileNotFoundError as err:
         raise ExportError(str(err)) from None
     except (ValueError, TypeError, OSError) as err:
-        raise ExportError(f"Could not load a Keras model from {model_dir!r}: {err}") from None
+        raise ExportError(f"--model_dir: {err}") from None
     check_care_backbone(backbone)
-    config_dir = os.path.dirname(model_dir) if model_dir.endswith(".keras") else model_dir
+    is_file = model_dir.endswith(".keras") or os.path.isfile(model_dir)
+    config_dir = os.path.dirname(model_dir) if is_file else model_dir
     config = run_dir.read_config(config_dir)
     check_against_config(backbone, config)
 
@@ -256,7 +260,7 @@ def metadata(source: ExportSource, **extra) -> dict:
     """The JSON metadata written next to every export."""
     import tensorflow as tf
 
-    from care_tf.export.preprocess import constants
+    from care_tf.export.preprocess import DEFAULT_LIMITS, constants
 
     run = source.model_dir
     run = os.path.dirname(run) if run.endswith(".keras") else run
@@ -268,6 +272,6 @@ def metadata(source: ExportSource, **extra) -> dict:
         "training_step": source.step,
         "train_state": read_train_state(run),
         "backbone": source.describe(),
-        "preprocessing": constants(source.image_size),
+        "preprocessing": constants(source.image_size, source.limits or DEFAULT_LIMITS),
         **extra,
     }

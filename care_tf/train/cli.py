@@ -4,9 +4,11 @@
     python -m care_tf.train --config configs/care_r50_100ep.yaml --strategy mirrored \
         --model_dir runs/care_r50_100ep [--set optimizer.base_lr=0.1] [--max_steps N] [--resume]
 
-Exit codes: 0 done (or stopped at --max_steps), 2 bad config / setup (the
-message names the key), 3 non-finite loss (the last good checkpoint is kept),
-130 interrupted.
+Exit codes: 0 done (or stopped at --max_steps), 2 bad config / setup / argument /
+file (one `error:` line naming it; `--debug` shows the traceback), 3 non-finite
+loss (the last good checkpoint is kept), 130 interrupted. The run directory is
+locked for the whole run: a second training into it fails at once.
+`--help` answers without loading TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,17 +16,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 
-from care_tf.train.config import ConfigError, load_config, read_yaml
-from care_tf.train.strategy import STRATEGIES
+from care_tf.cli_errors import add_debug_flag, prog_name, run_cli
+from care_tf.train.config import ConfigError, TrainConfig, load_config, read_yaml
 
 EXIT_CONFIG = 2
 EXIT_NAN = 3
+# The names of care_tf.train.strategy.STRATEGIES (which imports TensorFlow): the
+# config's own field lists them too, and a test checks that the three agree.
+STRATEGIES = typing.get_args(typing.get_type_hints(TrainConfig)["strategy"])
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m care_tf.train",
+        prog=prog_name("care_tf.train"),
         description="CARE self-supervised pre-training (NeurIPS 2021) with Keras 3 / TensorFlow.",
     )
     p.add_argument(
@@ -61,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the newest checkpoint in --model_dir"
     )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_debug_flag(p)
     return p
 
 
@@ -69,7 +76,12 @@ def _error(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Parses `argv` and trains; returns the exit status (see the module docstring)."""
+    return run_cli(build_parser(), train, argv)
+
+
+def train(args: argparse.Namespace) -> int:
+    """Runs the training described by parsed arguments; returns the exit status."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     config_path = args.config
     if config_path is None:
@@ -79,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _error("--config is required (or --resume with a MODEL_DIR holding config.yaml).")
             return EXIT_CONFIG
+    if os.path.exists(args.model_dir) and not os.path.isdir(args.model_dir):
+        _error(f"--model_dir {args.model_dir!r} is a file; give a directory (created if missing).")
+        return EXIT_CONFIG
     overrides = list(args.set)
     if args.strategy:
         overrides.append(f"train.strategy={args.strategy}")
@@ -105,8 +120,18 @@ def main(argv: list[str] | None = None) -> int:
         _error(str(e))
         return EXIT_CONFIG
 
+    from care_tf.locking import DirLock
     from care_tf.train import loop
 
+    # One training per run directory (the chief holds the lock; other workers of a
+    # multi-worker run write only under checkpoints/workers/).
+    lock = DirLock(
+        args.model_dir,
+        "training run directory",
+        hint="Wait for it to finish, or train into another --model_dir.",
+    )
+    if strategies.worker_info(strategy).is_chief:
+        lock.acquire()
     try:
         result = loop.run(
             cfg,
@@ -116,15 +141,14 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             progress=not args.no_progress,
         )
-    except (ConfigError, strategies.StrategyError) as e:
-        _error(str(e))
-        return EXIT_CONFIG
     except loop.NonFiniteLossError as e:
         _error(str(e))
         return EXIT_NAN
     except KeyboardInterrupt:
         _error("interrupted; rerun with --resume to continue from the last checkpoint.")
         return 130
+    finally:
+        lock.release()
     status = "complete" if result.complete else f"stopped at --max_steps {args.max_steps}"
     print(
         f"Training {status}: step {result.step}/{result.total_steps}, epoch {result.epoch}, "

@@ -359,13 +359,22 @@ def read_yaml(path: str, _seen: tuple = ()) -> dict:
     path = os.path.abspath(path)
     if path in _seen:
         raise ConfigError(f"Config 'base' loop: {' -> '.join(_seen + (path,))}")
+    if os.path.isdir(path):
+        raise ConfigError(f"Config path {path} is a folder; give a YAML file (configs/*.yaml).")
     if not os.path.isfile(path):
         raise ConfigError(f"Config file not found: {path}")
     with open(path) as f:
         try:
-            values = yaml.safe_load(f) or {}
+            values = yaml.safe_load(f)
         except yaml.YAMLError as e:
             raise ConfigError(f"Config file {path} is not valid YAML: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"Config file {path} is not a YAML text file ({e}).") from e
+    if values is None:
+        raise ConfigError(
+            f"Config file {path} is empty: start from a file in configs/ "
+            "(or `base: other.yaml`) and change what differs."
+        )
     if not isinstance(values, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of sections.")
     base = values.pop(BASE_KEY, None)

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from care_tf import atomic
 from care_tf import model_dir as layout
 from care_tf.train.callbacks import (
     CSVLog,
@@ -176,9 +177,9 @@ def run(
     exp = build_experiment(cfg, strategy=strategy, model_dir=model_dir)
     model, schedule, derived = exp.model, exp.schedule, exp.derived
     if worker.is_chief:
-        os.makedirs(model_dir, exist_ok=True)
-        with open(layout.path(model_dir, layout.CONFIG), "w") as f:
-            f.write(dump_yaml(resolved_dict(cfg, derived)))
+        atomic.write_text(
+            layout.path(model_dir, layout.CONFIG), dump_yaml(resolved_dict(cfg, derived))
+        )
 
     iterator = iter(exp.dataset)
     checkpoint = TrainCheckpoint(
@@ -306,15 +307,16 @@ def finish(model: keras.Model, model_dir: str, result: RunResult, worker: Worker
     }
     if worker.is_chief:
         out_dir = model_dir
-        model.save(layout.path(model_dir, layout.MODEL))
-        model.backbone.save(layout.path(model_dir, layout.BACKBONE))
+        with atomic.replacing(layout.path(model_dir, layout.MODEL)) as tmp:
+            model.save(tmp)
+        with atomic.replacing(layout.path(model_dir, layout.BACKBONE)) as tmp:
+            model.backbone.save(tmp)
     else:  # non-chief workers only report their state, for checks
         out_dir = os.path.join(
             layout.path(model_dir, layout.CHECKPOINTS), "workers", f"worker-{worker.task_id}"
         )
         os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, TRAIN_STATE), "w") as f:
-        json.dump(state, f, indent=2)
+    atomic.write_json(os.path.join(out_dir, TRAIN_STATE), state)
 
 
 __all__ = ["run", "RunResult", "NonFiniteLossError", "read_train_state"]
