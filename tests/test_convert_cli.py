@@ -208,7 +208,7 @@ def test_export_classifier_serves_top5_class_ids_and_scores(converted, tmp_path)
 
 @pytest.mark.slow
 def test_evaluate_and_export_accept_the_converted_run(converted, tmp_path, fmnist_small):
-    from care_tf.evaluate.__main__ import main as evaluate
+    from care_tf.evaluate.__main__ import evaluate
     from care_tf.export import export_backbone
 
     common = ["--model_dir", str(converted), "--dataset", "fashion_mnist", "--limit", "64"]
