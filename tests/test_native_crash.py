@@ -135,3 +135,14 @@ def test_no_native_crash_wide_grid():
     cases += _grid((8,), (224,), (1, 8), steps=1)
     cases += _grid((8,), (64,), (16,), care=True) + _grid((8,), (224,), (4,), care=True, steps=1)
     run_sweep(cases, timeout=5400)
+
+
+def test_batch_of_one_is_a_clear_error():
+    """BatchNorm over one example is degenerate: refused like PyTorch's, not a crash."""
+    import care_testing
+
+    model = care_testing.tiny_care(num_blocks=1)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    x = np.zeros((1, 32, 32, 3), "float32")
+    with pytest.raises(ValueError, match="more than one value per channel.*batch of 2"):
+        model.train_on_batch((x, x))
