@@ -37,8 +37,8 @@ def test_nan_stop_keeps_finite_checkpoints_and_its_advice_resumes(tmp_path):
     written = os.stat(final).st_mtime_ns
     # A learning rate that blows the weights up (base_lr may change on --resume); with a
     # save due at step 8 the run must stop before writing anything.
-    bad = _train("--model_dir", run, "--resume", *SMOKE, "--max_steps", "8",
-                 "--set", "optimizer.base_lr=1e8", "--set", "checkpoint.every_steps=100")  # fmt: skip
+    bad = _train("--model_dir", run, "--resume", *SMOKE, "--max_steps", "8", "--set",
+                 "optimizer.base_lr=1e8", "--set", "checkpoint.every_steps=100")  # fmt: skip
     assert bad.returncode == 3, bad.stderr[-3000:]
     ckpts = os.path.join(run, "checkpoints")
     steps = checkpoint_steps(ckpts)
