@@ -129,10 +129,14 @@ def test_resume_config_check():
     check_resume_config(saved, cfg)
     changed = C.from_dict({**cfg.to_dict(), "checkpoint": {"every_steps": 5}})
     check_resume_config(saved, changed)  # checkpoint keys may change
-    other = C.from_dict(
-        {**cfg.to_dict(), "optimizer": {**cfg.to_dict()["optimizer"], "base_lr": 1.0}}
+    lower = C.from_dict(
+        {**cfg.to_dict(), "optimizer": {**cfg.to_dict()["optimizer"], "base_lr": 0.01}}
     )
-    with pytest.raises(C.ConfigError, match="optimizer.base_lr"):
+    check_resume_config(saved, lower)  # the remedy a NaN stop advises
+    other = C.from_dict(
+        {**cfg.to_dict(), "optimizer": {**cfg.to_dict()["optimizer"], "weight_decay": 0.1}}
+    )
+    with pytest.raises(C.ConfigError, match="optimizer.weight_decay"):
         check_resume_config(saved, other)
 
 

@@ -12,6 +12,8 @@ of the global batch (Keras' all-reduced sums; replicas hold equal batches).
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 from keras import layers, ops
@@ -46,6 +48,13 @@ class BatchNorm(layers.BatchNormalization):
         if not (self.center and self.scale):
             return super().call(inputs, training=training, mask=mask)
         context = _replica_context() if self.synchronized else None
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        dims = list(inputs.shape)[:-1]
+        if None not in dims and math.prod(dims) * replicas == 1:  # static shapes only
+            raise ValueError(
+                f"BatchNorm '{self.name}' in training needs more than one value per channel; "
+                f"got input shape {tuple(inputs.shape)}. Train with a batch of 2 or more."
+            )
         if context is not None:
             return self._call_synchronized(inputs, context)
 

@@ -46,8 +46,47 @@ def batch_norm(name: str, sync: bool, gamma_zero: bool = False, dtype=None) -> B
     )
 
 
+@keras.saving.register_keras_serializable(package="care_tf")
+class Subsample2D(layers.Layer):
+    """Every `stride`-th row and column, from the first: `x[:, ::stride, ::stride, :]`.
+
+    A 1x1 conv of stride s equals a 1x1 conv of stride 1 on the subsampled map
+    (with "same" padding a 1x1 kernel pads nothing). ResNet projections are built
+    that way because oneDNN's Conv2DBackpropFilter for 1x1 stride-2 kernels with
+    2, 4 or 8 input channels (and <= 16 outputs) corrupts the heap (SIGSEGV /
+    glibc abort) at some sizes (batch 1, or 64 px), e.g. ResNet-18 with
+    base_channels 8; see docs/troubleshooting.md.
+
+    Input: (B, H, W, C). Output: (B, ceil(H / stride), ceil(W / stride), C).
+    """
+
+    def __init__(self, stride: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.stride = int(stride)
+
+    def call(self, inputs):
+        return inputs[:, :: self.stride, :: self.stride, :]
+
+    def compute_output_shape(self, input_shape):
+        def cut(n):
+            return None if n is None else -(-n // self.stride)
+
+        b, h, w, c = input_shape
+        return (b, cut(h), cut(w), c)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "stride": self.stride}
+
+
 def conv2d(x, filters: int, kernel: int, stride: int, name: str):
-    """Bias-free conv with PyTorch's symmetric padding (kernel // 2 on each side)."""
+    """Bias-free conv with PyTorch's symmetric padding (kernel // 2 on each side).
+
+    A strided 1x1 conv is a `Subsample2D` then a 1x1 conv (same numbers, avoids a
+    oneDNN heap corruption; see `Subsample2D`).
+    """
+    if stride > 1 and kernel == 1:
+        x = Subsample2D(stride, name=f"{name}_subsample")(x)
+        stride = 1
     if stride > 1 and kernel > 1:
         x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
         padding = "valid"

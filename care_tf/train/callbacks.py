@@ -10,6 +10,8 @@ import time
 
 import tensorflow as tf
 
+from care_tf import model_dir as layout
+
 LOSS_KEYS = ("loss", "loss_c", "loss_t", "loss_att")
 
 
@@ -17,11 +19,37 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or Inf; the run stopped without saving the bad state."""
 
 
-def check_finite(logs: dict, step: int, last_checkpoint: int | None, directory: str) -> None:
-    """Raises NonFiniteLossError naming the step, the bad terms and the checkpoint kept."""
+class NonFiniteStateError(NonFiniteLossError):
+    """A weight or optimizer tensor became NaN or Inf; the run stopped before saving it."""
+
+
+def nonfinite_advice(model_dir: str, base_lr: float | None) -> str:
+    """How to continue a run stopped by NaN/Inf (optimizer.base_lr may change on --resume)."""
+    lower = f"{base_lr / 10:g}" if base_lr else "<lower>"
+    return (
+        "Resume with a lower learning rate (optimizer.base_lr and the warm-up may change on "
+        f"--resume): python -m care_tf.train --model_dir {model_dir} --resume "
+        f"--set optimizer.base_lr={lower} (a longer --set schedule.warmup_epochs=... may "
+        "also help)."
+    )
+
+
+def check_finite(
+    logs: dict,
+    step: int,
+    last_checkpoint: int | None,
+    model_dir: str,
+    base_lr: float | None = None,
+) -> None:
+    """Raises NonFiniteLossError naming the step, the bad terms, the checkpoint kept and the fix.
+
+    The loss of a step is computed before that step's update: `TrainCheckpoint.save`
+    checks the updated weights themselves before writing them.
+    """
     bad = {k: v for k, v in logs.items() if k in LOSS_KEYS and not math.isfinite(v)}
     if not bad:
         return
+    directory = layout.path(model_dir, layout.CHECKPOINTS)
     kept = (
         f"the last good checkpoint (step {last_checkpoint}) is kept in {directory}"
         if last_checkpoint is not None
@@ -30,8 +58,7 @@ def check_finite(logs: dict, step: int, last_checkpoint: int | None, directory: 
     terms = ", ".join(f"{k}={v}" for k, v in bad.items())
     raise NonFiniteLossError(
         f"Non-finite loss at step {step} ({terms}); training stopped and nothing was saved "
-        f"from this step: {kept}. Lower optimizer.base_lr, raise schedule.warmup_epochs or "
-        "use train.precision=float32, then rerun with --resume."
+        f"from this step: {kept}. {nonfinite_advice(model_dir, base_lr)}"
     )
 
 

@@ -7,6 +7,18 @@ Layout under `model_dir/checkpoints/`:
     checkpoint          tf.train's index of them
     workers/worker-I/   multi-worker only: worker I's own data-iterator checkpoint
                         (each worker reads its own shard, so each keeps its position)
+    unreadable/         checkpoints a resume found damaged, moved aside (never deleted)
+
+Nothing non-finite is saved: `save` first checks every weight and optimizer
+tensor in one compiled reduction and raises `NonFiniteStateError` instead.
+A resume scans the `ckpt-N.index` files themselves (not only tf.train's
+`checkpoint` index file, which may be missing or stale), restores the newest
+one that reads back whole and finite, says which and why it skipped newer
+ones, moves those aside (so later saves of the same steps overwrite nothing),
+and rewrites the index. Files of checkpoints but none readable is an error,
+never a silent start at step 0. `*_temp` folders left by a save that was
+killed (SIGKILL, power loss) are removed when the run starts; one writer per
+run directory is assumed.
 
 Under `MultiWorkerMirroredStrategy` every worker takes part in a save (reading
 distributed variables may need collectives), but non-chief workers write the
@@ -21,13 +33,84 @@ object graph, and the flat map is immune to that.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sys
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from care_tf import model_dir as layout
+from care_tf.train.callbacks import NonFiniteStateError, nonfinite_advice
+from care_tf.train.config import ConfigError
 from care_tf.train.strategy import WorkerInfo
+
+UNREADABLE = "unreadable"
+_FILE = re.compile(r"^ckpt-(\d+)(?:\.index|\.data-\d+-of-\d+)$")
+
+
+class CheckpointError(ConfigError):
+    """The run directory holds checkpoints but none can be resumed (CLI exit 2)."""
+
+
+def checkpoint_steps(directory: str) -> list[int]:
+    """Steps of the `ckpt-N.index` / `ckpt-N.data-*` files, readable or not, newest first."""
+    if not tf.io.gfile.isdir(directory):
+        return []
+    steps = {int(m.group(1)) for f in tf.io.gfile.listdir(directory) if (m := _FILE.match(f))}
+    return sorted(steps, reverse=True)
+
+
+def has_checkpoint_files(directory: str) -> bool:
+    """Whether `directory` holds any checkpoint file (readable or not)."""
+    return bool(checkpoint_steps(directory))
+
+
+def remove_stale_temp(directory: str) -> list[str]:
+    """Deletes the `ckpt-N_temp/` folders of interrupted saves; their names."""
+    if not tf.io.gfile.isdir(directory):
+        return []
+    stale = [
+        f.rstrip("/") for f in tf.io.gfile.listdir(directory) if f.rstrip("/").endswith("_temp")
+    ]
+    for name in stale:
+        tf.io.gfile.rmtree(os.path.join(directory, name))
+    return stale
+
+
+def unreadable_reason(prefix: str) -> str | None:
+    """Why the checkpoint `prefix` (".../ckpt-N") cannot be resumed; None when whole.
+
+    Reads every numeric tensor back (TF checks each one's CRC32C), and refuses
+    NaN/Inf values, so a damaged or poisoned checkpoint is never restored.
+    """
+    if not tf.io.gfile.exists(prefix + ".index"):
+        return "its .index file is missing"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        dtypes = reader.get_variable_to_dtype_map()
+        nonfinite = 0
+        for key, dtype in dtypes.items():
+            if dtype in (tf.variant, tf.string, tf.resource):
+                continue  # the data iterator's state: checked by the restore itself
+            value = np.asarray(reader.get_tensor(key))
+            if dtype.is_floating and not np.isfinite(value).all():
+                nonfinite += 1
+    except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:  # reader's errors
+        return f"it does not read back ({type(e).__name__}: {_first_line(e)})"
+    if nonfinite:
+        return f"{nonfinite} of its tensors hold NaN/Inf"
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(getattr(error, "message", None) or error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _say(message: str) -> None:
+    print(f"checkpoint: {message}", file=sys.stderr, flush=True)
 
 
 def weight_map(model: keras.Model) -> dict:
@@ -48,6 +131,8 @@ class TrainCheckpoint:
         iterator: tf.data.Iterator or None. This worker's data iterator.
         worker: WorkerInfo. Chief writes the real checkpoint.
         keep: int. Checkpoints kept.
+        base_lr: float or None. The run's `optimizer.base_lr`, for the advice of a
+            non-finite stop.
     """
 
     def __init__(
@@ -58,10 +143,22 @@ class TrainCheckpoint:
         *,
         worker: WorkerInfo,
         keep: int = 3,
+        base_lr: float | None = None,
     ):
+        self.model_dir = model_dir
         self.directory = layout.path(model_dir, layout.CHECKPOINTS)
         self.worker = worker
+        self.keep = keep
+        self.base_lr = base_lr
+        self.last_saved: int | None = None
+        own_dir = os.path.join(self.directory, "workers", f"worker-{worker.task_id}")
+        for folder in (self.directory,) if worker.is_chief else (own_dir,):
+            for name in remove_stale_temp(folder):
+                _say(f"removed {name}/ in {folder}, left by an interrupted save.")
         state = {"weights": weight_map(model), "optimizer": model.optimizer}
+        self._count_nonfinite, self.num_tensors = _nonfinite_counter(
+            [*model.weights, *model.optimizer.variables]
+        )
         own_iterator = iterator is not None and not worker.is_chief
         if iterator is not None and worker.is_chief:
             state["iterator"] = iterator
@@ -82,13 +179,34 @@ class TrainCheckpoint:
 
     @property
     def latest_step(self) -> int | None:
-        """Step of the newest real checkpoint, None when there is none."""
-        path = tf.train.latest_checkpoint(self.directory)
-        return None if path is None else int(path.rsplit("-", 1)[-1])
+        """Step of the newest checkpoint file in the directory, None when there is none."""
+        steps = checkpoint_steps(self.directory)
+        return steps[0] if steps else None
+
+    def nonfinite_tensors(self) -> int:
+        """How many weight / optimizer tensors hold a NaN or Inf (one compiled reduction)."""
+        return int(self._count_nonfinite())
 
     def save(self, step: int) -> str | None:
-        """Writes the checkpoint of `step` (every worker must call this)."""
+        """Writes the checkpoint of `step` (every worker must call this).
+
+        Raises:
+            NonFiniteStateError: a weight or optimizer tensor is NaN/Inf; nothing is written.
+        """
+        bad = self.nonfinite_tensors()
+        if bad:
+            kept = (
+                f"the last good checkpoint (step {self.last_saved}) is kept in {self.directory}"
+                if self.last_saved is not None
+                else "no checkpoint had been written yet"
+            )
+            raise NonFiniteStateError(
+                f"Non-finite weights after step {step} ({bad} of {self.num_tensors} weight and "
+                f"optimizer tensors hold NaN/Inf); training stopped and nothing was saved from "
+                f"this step: {kept}. {nonfinite_advice(self.model_dir, self.base_lr)}"
+            )
         path = self.manager.save(checkpoint_number=step)
+        self.last_saved = step
         if not self.worker.is_chief:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
             if self.data_manager is not None:
@@ -97,12 +215,47 @@ class TrainCheckpoint:
         return path
 
     def restore_latest(self) -> int | None:
-        """Restores the newest real checkpoint; its step, or None when there is none."""
-        path = tf.train.latest_checkpoint(self.directory)
-        if path is None:
-            return None
-        self.checkpoint.restore(path).assert_existing_objects_matched()
-        step = int(path.rsplit("-", 1)[-1])
+        """Restores the newest checkpoint that reads back whole; its step, None when none.
+
+        Tries the `ckpt-N` files newest first; a damaged one (missing or garbled
+        `.index`, data that fails its checksum or does not match the model, NaN/Inf
+        values) is reported, skipped and, by the chief, moved to `unreadable/`.
+
+        Raises:
+            CheckpointError: checkpoint files exist but none can be restored.
+        """
+        skipped = []
+        step = None
+        for candidate in checkpoint_steps(self.directory):
+            prefix = os.path.join(self.directory, f"ckpt-{candidate}")
+            reason = unreadable_reason(prefix)
+            if reason is None:
+                try:
+                    self.checkpoint.restore(prefix).assert_existing_objects_matched()
+                except (tf.errors.OpError, AssertionError, ValueError, IndexError) as e:
+                    reason = f"it does not restore ({type(e).__name__}: {_first_line(e)})"
+            if reason is None:
+                step = candidate
+                break
+            skipped.append((candidate, reason))
+        if step is None:
+            if not skipped:
+                return None
+            why = "; ".join(f"ckpt-{s}: {r}" for s, r in skipped)
+            raise CheckpointError(
+                f"--resume: no checkpoint in {self.directory} can be restored ({why}). "
+                "Nothing was overwritten. Restore the files from a copy, or move the folder "
+                "aside to start the run again from step 0."
+            )
+        for candidate, reason in skipped:
+            moved = self._move_aside(candidate) if self.worker.is_chief else None
+            where = f"; moved to {moved}" if moved else ""
+            _say(f"skipped ckpt-{candidate}: {reason}{where}.")
+        if skipped:
+            _say(f"resuming from ckpt-{step}, the newest checkpoint that reads back whole.")
+        if self.worker.is_chief:
+            self._rewrite_index(step)
+        self.last_saved = step
         if self.data_manager is not None:
             data_path = os.path.join(self.data_manager.directory, f"ckpt-{step}")
             if tf.io.gfile.exists(data_path + ".index"):
@@ -113,3 +266,56 @@ class TrainCheckpoint:
                     "its input restarts from the beginning of its shard."
                 )
         return step
+
+    def _move_aside(self, step: int) -> str:
+        """Moves every `ckpt-<step>.*` file into `unreadable/`; that folder."""
+        target = os.path.join(self.directory, UNREADABLE)
+        tf.io.gfile.makedirs(target)
+        for name in tf.io.gfile.listdir(self.directory):
+            match = _FILE.match(name.rstrip("/"))
+            if match and int(match.group(1)) == step:
+                name = name.rstrip("/")
+                destination = os.path.join(target, name)
+                if tf.io.gfile.exists(destination):  # an earlier resume moved one already
+                    destination += f".{len(tf.io.gfile.listdir(target))}"
+                tf.io.gfile.rename(os.path.join(self.directory, name), destination)
+        return target
+
+    def _rewrite_index(self, step: int) -> None:
+        """tf.train's `checkpoint` index listing the kept checkpoints up to `step`."""
+        steps = [
+            s
+            for s in checkpoint_steps(self.directory)
+            if s <= step and tf.io.gfile.exists(os.path.join(self.directory, f"ckpt-{s}.index"))
+        ]
+        kept = [os.path.join(self.directory, f"ckpt-{s}") for s in steps[: self.keep][::-1]]
+        stamps = [tf.io.gfile.stat(p + ".index").mtime_nsec / 1e9 for p in kept]
+        tf.__internal__.train.update_checkpoint_state(
+            self.directory,
+            model_checkpoint_path=kept[-1],
+            all_model_checkpoint_paths=kept,
+            all_model_checkpoint_timestamps=stamps,
+            last_preserved_timestamp=min(stamps) - 1.0,  # all of them may rotate out
+            save_relative_paths=True,
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, self.directory, max_to_keep=self.keep
+        )
+
+
+def _nonfinite_counter(variables):
+    """(compiled `() -> int32`: how many floating `variables` hold NaN/Inf, their number)."""
+    floats = []
+    for v in variables:
+        value = getattr(v, "value", v)  # keras.Variable -> its tf.Variable
+        if tf.as_dtype(value.dtype).is_floating:
+            floats.append(value)
+
+    @tf.function
+    def count():
+        if not floats:
+            return tf.constant(0, tf.int32)
+        flags = [tf.reduce_all(tf.math.is_finite(v)) for v in floats]
+        return tf.reduce_sum(tf.cast(tf.logical_not(tf.stack(flags)), tf.int32))
+
+    return count, len(floats)

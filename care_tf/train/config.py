@@ -215,6 +215,8 @@ def _type_name(tp: Any) -> str:
 
 def _check_value(key: str, value: Any, tp: Any) -> Any:
     """`value` converted to `tp` (int -> float only), or a ConfigError naming `key`."""
+    if isinstance(value, float) and not math.isfinite(value):  # YAML's .inf / .nan
+        raise ConfigError(f"Config key '{key}' must be a finite number; got {value!r}.")
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -250,6 +252,8 @@ def _check_value(key: str, value: Any, tp: Any) -> Any:
         raise ConfigError(
             f"Config key '{key}' must be {_type_name(tp)}; got {type(value).__name__} {value!r}."
         )
+    if tp is float and not math.isfinite(value):  # "inf" / "nan" strings
+        raise ConfigError(f"Config key '{key}' must be a finite number; got {value!r}.")
     return float(value) if tp is float else value
 
 
@@ -282,7 +286,12 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(f"Config key '{key}' must be {what}; got {value!r}.")
 
     t, s, o, c = cfg.train, cfg.schedule, cfg.optimizer, cfg.checkpoint
-    need(t.global_batch_size >= 1, "train.global_batch_size", ">= 1", t.global_batch_size)
+    need(
+        t.global_batch_size >= 2,
+        "train.global_batch_size",
+        ">= 2 (BatchNorm in training needs more than one example per channel)",
+        t.global_batch_size,
+    )
     need(t.num_cpu_replicas >= 1, "train.num_cpu_replicas", ">= 1", t.num_cpu_replicas)
     need(t.log_every_steps >= 1, "train.log_every_steps", ">= 1", t.log_every_steps)
     need(cfg.model.image_size >= 16, "model.image_size", ">= 16", cfg.model.image_size)

@@ -32,14 +32,19 @@ from care_tf.train.callbacks import (
     Throughput,
     check_finite,
 )
-from care_tf.train.checkpoint import TrainCheckpoint
+from care_tf.train.checkpoint import TrainCheckpoint, has_checkpoint_files
 from care_tf.train.config import Config, ConfigError, dump_yaml, resolved_dict
 from care_tf.train.experiment import build_experiment
 from care_tf.train.strategy import WorkerInfo, check_global_batch, worker_info
 
 TRAIN_STATE = "train_state.json"
-# Keys that may change between a run and its resumption (they do not alter the maths).
+# Keys that may change between a run and its resumption: they do not alter the maths
+# (checkpoint, monitors, logging, devices) or only the lr schedule from the resumed step
+# on (base_lr, warm-up: the remedy for a NaN stop).
 RESUMABLE_CHANGES = (
+    "optimizer.base_lr",
+    "schedule.warmup_epochs",
+    "schedule.warmup_steps",
     "checkpoint.",
     "monitor.",
     "train.log_every_steps",
@@ -166,7 +171,7 @@ def run(
             f"{worker.num_workers} workers."
         )
     ckpt_dir = layout.path(model_dir, layout.CHECKPOINTS)
-    has_checkpoint = tf.train.latest_checkpoint(ckpt_dir) is not None
+    has_checkpoint = has_checkpoint_files(ckpt_dir)  # readable or not: never overwritten
     if has_checkpoint and not resume:
         raise ConfigError(
             f"{model_dir} already holds checkpoints of a run: pass --resume to continue it, "
@@ -188,6 +193,7 @@ def run(
         iterator if cfg.checkpoint.save_data_iterator else None,
         worker=worker,
         keep=cfg.checkpoint.keep,
+        base_lr=cfg.optimizer.base_lr,
     )
     start = 0
     if resume:
@@ -195,7 +201,6 @@ def run(
         if int(model.steps.numpy()) != start:
             found = int(model.steps.numpy())
             raise RuntimeError(f"Checkpoint step {start} does not match the model's step {found}.")
-    last_saved = start if resume and start else None
 
     total = derived.total_steps
     end = total if max_steps is None else min(max_steps, total)
@@ -240,7 +245,7 @@ def run(
         out = step_fn(iterator)
         logs = {k: float(v) for k, v in out.items()}
         step += 1
-        check_finite(logs, step, last_saved, ckpt_dir)
+        check_finite(logs, step, checkpoint.last_saved, model_dir, cfg.optimizer.base_lr)
         throughput.step()
         logs["lr"] = lr
         logs["images_per_sec"] = throughput.images_per_sec
@@ -257,8 +262,7 @@ def run(
             or (epoch_end and cfg.checkpoint.every_epoch)
             or step == end
         ):
-            checkpoint.save(step)
-            last_saved = step
+            checkpoint.save(step)  # raises NonFiniteStateError instead of saving NaN/Inf
         if epoch_end or step == end:
             epoch_logs = dict(logs)
             # CallbackList.on_epoch_end hands each callback a copy of the logs; the
