@@ -61,7 +61,7 @@ def decode_rgb(data: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def _try_decode(name: tf.Tensor, data: tf.Tensor, label: tf.Tensor, read: bool):
+def try_decode(name: tf.Tensor, data: tf.Tensor, label: tf.Tensor, read: bool):
     """One-element dataset: (name, image, label, ok) with ok=False when `data` (or the
     file it names, if `read`) is unreadable."""
 
@@ -93,7 +93,7 @@ def decode_dataset(
     Returns:
         tf.data.Dataset of {"image": uint8 (H, W, 3), "label": int64}.
     """
-    attempt = lambda name, data, label: _try_decode(name, data, label, read_files)  # noqa: E731
+    attempt = lambda name, data, label: try_decode(name, data, label, read_files)  # noqa: E731
     ds = ds.interleave(
         attempt, cycle_length=16, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )

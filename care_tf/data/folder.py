@@ -8,7 +8,7 @@ import os
 import tensorflow as tf
 
 from care_tf.data.decode import decode_dataset
-from care_tf.data.sources import Source, logger
+from care_tf.data.sources import Source, logger, pipeline_of, random_access_stream
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -33,6 +33,22 @@ class FolderSource(Source):
         if shuffle:
             ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         return decode_dataset(ds, skip_corrupt=self.skip_corrupt, read_files=True)
+
+    data_kind = "file"
+
+    def epoch_length(self, input_context=None):
+        n, i = pipeline_of(input_context)
+        return len(range(i, len(self.files), n))
+
+    def stream(self, input_context=None, *, seed=0, start=0, window=10_000):
+        paths = tf.constant(self.files)
+        labels = tf.constant(self.labels, tf.int64)
+
+        def lookup(index):
+            path = tf.gather(paths, index)
+            return path, path, tf.gather(labels, index)
+
+        return random_access_stream(self.name, len(self.files), input_context, seed, start, lookup)
 
 
 def _images_under(folder: str) -> tuple[list[str], list[str]]:

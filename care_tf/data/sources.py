@@ -55,9 +55,65 @@ class Source:
         """
         raise NotImplementedError
 
+    # What `stream` yields as `data`: "pixels" (uint8 (H, W[, C]) arrays), "encoded"
+    # (image file bytes) or "file" (a path, read then decoded).
+    data_kind = "encoded"
+
+    def stream(
+        self,
+        input_context: tf.distribute.InputContext | None = None,
+        *,
+        seed: int = 0,
+        start: int = 0,
+        window: int = 10_000,
+    ) -> tf.data.Dataset:
+        """This input pipeline's endless, deterministic stream (`care_tf.data.order`).
+
+        Args:
+            input_context: tf.distribute.InputContext or None. This pipeline reads its
+                share of the data only.
+            seed: int. Key of the order (a new permutation every epoch).
+            start: int. First position (examples this pipeline has already read).
+            window: int. Records shuffled together (record sources only).
+
+        Returns:
+            tf.data.Dataset of (position int64, name string, data, label int64), `data`
+            as `data_kind` says (not decoded).
+        """
+        raise NotImplementedError
+
+    def epoch_length(self, input_context: tf.distribute.InputContext | None = None) -> int:
+        """Examples in one epoch of this input pipeline's share."""
+        raise NotImplementedError
+
     @property
     def labelled(self) -> bool:
         return self.num_classes is not None
+
+
+def pipeline_of(input_context: tf.distribute.InputContext | None) -> tuple[int, int]:
+    """(number of input pipelines, this pipeline's index)."""
+    if input_context is None:
+        return 1, 0
+    return input_context.num_input_pipelines, input_context.input_pipeline_id
+
+
+def random_access_stream(
+    name: str, total: int, input_context, seed: int, start: int, lookup
+) -> tf.data.Dataset:
+    """`Source.stream` of a source with random access: `lookup(index)` gives
+    (name, data, label) of example `index` of the whole split (`total` examples);
+    this pipeline owns the indices i with i % num_pipelines == pipeline."""
+    from care_tf.data.order import random_access_positions
+
+    n, i = pipeline_of(input_context)
+    share = len(range(i, total, n))
+    if not share:
+        raise ValueError(f"{name}: no examples left for input pipeline {i} of {n}")
+    positions = random_access_positions(share, seed, i, start)
+    return positions.map(
+        lambda k, local: (k, *lookup(local * n + i)), num_parallel_calls=tf.data.AUTOTUNE
+    )
 
 
 @dataclasses.dataclass
@@ -82,6 +138,22 @@ class ArraySource(Source):
             return {"image": image, "label": label}
 
         return ds.map(to_dict, num_parallel_calls=tf.data.AUTOTUNE)
+
+    data_kind = "pixels"
+
+    def epoch_length(self, input_context=None):
+        n, i = pipeline_of(input_context)
+        return len(range(i, len(self.images), n))
+
+    def stream(self, input_context=None, *, seed=0, start=0, window=10_000):
+        images = tf.constant(self.images)
+        labels = tf.constant(self.labels.astype(np.int64))
+
+        def lookup(index):
+            name = tf.strings.join([self.name, "#", tf.strings.as_string(index)])
+            return name, tf.gather(images, index), tf.gather(labels, index)
+
+        return random_access_stream(self.name, len(self.images), input_context, seed, start, lookup)
 
 
 def fashion_mnist_source(split: str = "train", data_dir: str | None = None) -> ArraySource:

@@ -13,7 +13,7 @@ from typing import Any
 import tensorflow as tf
 
 from care_tf.data.decode import decode_dataset
-from care_tf.data.sources import Source
+from care_tf.data.sources import Source, pipeline_of
 
 
 @dataclasses.dataclass
@@ -55,6 +55,48 @@ class TFDSSource(Source):
 
         ds = ds.map(triple, num_parallel_calls=tf.data.AUTOTUNE)
         return decode_dataset(ds, skip_corrupt=self.skip_corrupt)
+
+    def segments(self, input_context=None) -> list[tuple[str, int, int]]:
+        """(file, first record, records) of this input pipeline's share of the split
+        (TFDS's file instructions, which also resolve expressions like "train[:10%]")."""
+        instructions = self.builder.info.splits[self.split].file_instructions
+        segments = [
+            (
+                str(fi.filename),
+                int(fi.skip),
+                int(fi.take if fi.take >= 0 else fi.examples_in_shard - fi.skip),
+            )
+            for fi in instructions
+        ]
+        n, i = pipeline_of(input_context)
+        mine = segments[i::n]
+        if not mine:
+            raise ValueError(
+                f"{self.name}: {len(segments)} files cannot be shared among {n} input "
+                "pipelines; use fewer workers or a dataset with more shards"
+            )
+        return mine
+
+    def epoch_length(self, input_context=None):
+        return sum(s[2] for s in self.segments(input_context))
+
+    def stream(self, input_context=None, *, seed=0, start=0, window=10_000):
+        import tensorflow_datasets as tfds
+
+        from care_tf.data.order import record_positions
+
+        features = self.builder.info.features
+        decoders = {self.image_key: tfds.decode.SkipDecoding()}
+        _, pipeline = pipeline_of(input_context)
+
+        def parse(k, path, index, record):
+            ex = features.deserialize_example(record, decoders=decoders)
+            label = ex[self.label_key] if self.label_key else tf.constant(-1, tf.int64)
+            name = tf.strings.join([path, "#", tf.strings.as_string(index)])
+            return k, name, ex[self.image_key], tf.cast(label, tf.int64)
+
+        ds = record_positions(self.segments(input_context), seed, pipeline, start, window)
+        return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def tfds_source(name: str, split: str = "train", data_dir: str | None = None) -> TFDSSource:

@@ -15,11 +15,12 @@ import dataclasses
 import glob
 import json
 import os
+import struct
 
 import tensorflow as tf
 
 from care_tf.data.decode import decode_dataset
-from care_tf.data.sources import Source, shard_files
+from care_tf.data.sources import Source, pipeline_of, shard_files
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -31,6 +32,34 @@ INFO_FILE = "dataset_info.json"
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
     return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def count_records(path: str) -> int:
+    """Records in an uncompressed TFRecord file, read from the record headers only
+    (8-byte length + 4-byte CRC, then the payload and its 4-byte CRC are skipped)."""
+    count = 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        size = f.size()
+        while f.tell() < size:
+            header = f.read(12)
+            if len(header) < 12:
+                raise ValueError(f"Truncated TFRecord file {path} after {count} records")
+            (length,) = struct.unpack("<Q", header[:8])
+            f.seek(length + 4, whence=1)
+            count += 1
+    return count
+
+
+def parse_record(path: tf.Tensor, index: tf.Tensor, record: tf.Tensor):
+    """(name, encoded image, label) of one record; the name says where it was read."""
+    ex = tf.io.parse_single_example(record, FEATURES)
+    where = tf.strings.join([path, "#", tf.strings.as_string(index)])
+    name = tf.where(
+        tf.strings.length(ex["image/filename"]) > 0,
+        tf.strings.join([ex["image/filename"], " (", where, ")"]),
+        where,
+    )
+    return name, ex["image/encoded"], ex["image/class/label"]
 
 
 @dataclasses.dataclass
@@ -54,19 +83,31 @@ class TFRecordSource(Source):
         )
         if shuffle:
             ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-
-        def parse(path, index, record):
-            ex = tf.io.parse_single_example(record, FEATURES)
-            where = tf.strings.join([path, "#", tf.strings.as_string(index)])
-            name = tf.where(
-                tf.strings.length(ex["image/filename"]) > 0,
-                tf.strings.join([ex["image/filename"], " (", where, ")"]),
-                where,
-            )
-            return name, ex["image/encoded"], ex["image/class/label"]
-
-        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(parse_record, num_parallel_calls=tf.data.AUTOTUNE)
         return decode_dataset(ds, skip_corrupt=self.skip_corrupt)
+
+    record_counts: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def segments(self, input_context=None) -> list[tuple[str, int, int]]:
+        """(file, 0, records) of this input pipeline's files (counted once, then kept)."""
+        files = shard_files(self.files, input_context, self.name)
+        for path in files:
+            if path not in self.record_counts:
+                self.record_counts[path] = count_records(path)
+        return [(path, 0, self.record_counts[path]) for path in files]
+
+    def epoch_length(self, input_context=None):
+        return sum(s[2] for s in self.segments(input_context))
+
+    def stream(self, input_context=None, *, seed=0, start=0, window=10_000):
+        from care_tf.data.order import record_positions
+
+        _, pipeline = pipeline_of(input_context)
+        ds = record_positions(self.segments(input_context), seed, pipeline, start, window)
+        return ds.map(
+            lambda k, path, index, record: (k, *parse_record(path, index, record)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
 
 
 def tfrecord_source(path: str, split: str = "train") -> TFRecordSource:
