@@ -70,11 +70,12 @@ class Throughput:
         self._start: float | None = None
         self._steps = 0
 
-    def step(self) -> None:
-        if self._start is None:  # the first step includes tracing: start the clock after it
+    def step(self, steps: int = 1) -> None:
+        """Counts `steps` steps just run (one call of the compiled function)."""
+        if self._start is None:  # the first call includes tracing: start the clock after it
             self._start = time.perf_counter()
             return
-        self._steps += 1
+        self._steps += steps
 
     def reset(self) -> None:
         if self._start is not None:

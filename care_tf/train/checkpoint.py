@@ -1,11 +1,11 @@
-"""Step-exact checkpoints: model weights, optimizer state and the tf.data iterator.
+"""Step-exact checkpoints: model weights, optimizer state and the input position.
 
 Layout under `model_dir/checkpoints/`:
 
-    ckpt-N.*            the real checkpoint at step N (model, optimizer, iterator of
-                        worker 0), written by the chief only; the last K are kept
+    ckpt-N.*            the real checkpoint at step N (model, optimizer, input position
+                        of worker 0), written by the chief only; the last K are kept
     checkpoint          tf.train's index of them
-    workers/worker-I/   multi-worker only: worker I's own data-iterator checkpoint
+    workers/worker-I/   multi-worker only: worker I's own input position
                         (each worker reads its own shard, so each keeps its position)
     unreadable/         checkpoints a resume found damaged, moved aside (never deleted)
 
@@ -19,6 +19,10 @@ and rewrites the index. Files of checkpoints but none readable is an error,
 never a silent start at step 0. `*_temp` folders left by a save that was
 killed (SIGKILL, power loss) are removed when the run starts; one writer per
 run directory is assumed.
+
+The input position is the number of examples a worker's input pipeline has read: the
+input is a function of (seed, position) (`care_tf.data.order`), so a few bytes replace
+the tf.data iterator's shuffle and prefetch buffers, whatever the records' size.
 
 Under `MultiWorkerMirroredStrategy` every worker takes part in a save (reading
 distributed variables may need collectives), but non-chief workers write the
@@ -128,7 +132,8 @@ class TrainCheckpoint:
     Args:
         model_dir: str. The run directory.
         model: the compiled CARE model (its optimizer is saved too).
-        iterator: tf.data.Iterator or None. This worker's data iterator.
+        input_position: tf.Variable (int64) or None. Examples this worker's input
+            pipeline has read (set it before each `save`).
         worker: WorkerInfo. Chief writes the real checkpoint.
         keep: int. Checkpoints kept.
         base_lr: float or None. The run's `optimizer.base_lr`, for the advice of a
@@ -139,7 +144,7 @@ class TrainCheckpoint:
         self,
         model_dir: str,
         model: keras.Model,
-        iterator=None,
+        input_position=None,
         *,
         worker: WorkerInfo,
         keep: int = 3,
@@ -159,9 +164,9 @@ class TrainCheckpoint:
         self._count_nonfinite, self.num_tensors = _nonfinite_counter(
             [*model.weights, *model.optimizer.variables]
         )
-        own_iterator = iterator is not None and not worker.is_chief
-        if iterator is not None and worker.is_chief:
-            state["iterator"] = iterator
+        own_position = input_position is not None and not worker.is_chief
+        if input_position is not None and worker.is_chief:
+            state["input_position"] = input_position
         self.checkpoint = tf.train.Checkpoint(**state)
         if worker.is_chief:
             target = self.directory
@@ -169,8 +174,8 @@ class TrainCheckpoint:
             target = os.path.join(self.directory, "workers", f"scratch-{worker.task_id}")
         self.manager = tf.train.CheckpointManager(self.checkpoint, target, max_to_keep=keep)
         self.data_manager = None
-        if own_iterator:
-            self.data_checkpoint = tf.train.Checkpoint(iterator=iterator)
+        if own_position:
+            self.data_checkpoint = tf.train.Checkpoint(input_position=input_position)
             self.data_manager = tf.train.CheckpointManager(
                 self.data_checkpoint,
                 os.path.join(self.directory, "workers", f"worker-{worker.task_id}"),

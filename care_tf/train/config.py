@@ -95,9 +95,21 @@ class DataConfig:
     placement: Literal["host", "device"] = _field(
         "host", "Where the two-view augmentation runs: `host` (tf.data) or `device` (in the step)."
     )
-    shuffle_buffer: int = _field(10_000, "Example shuffle buffer.")
-    cache: bool = _field(False, "Cache decoded images in memory.")
-    skip_corrupt: bool = _field(False, "Skip unreadable images instead of failing.")
+    shuffle_buffer: int = _field(
+        10_000,
+        "Record sources (TFRecord, TFDS): records shuffled together in one window "
+        "(in memory, never checkpointed). Arrays and folders permute whole epochs.",
+    )
+    cache: bool = _field(False, "Ignored by pre-training (kept for old configs).")
+    skip_corrupt: bool = _field(
+        False,
+        "Replace unreadable images by another image of their batch (logged) instead of failing.",
+    )
+    service: str | None = _field(
+        None,
+        "`grpc://HOST:PORT` of a tf.data service dispatcher: decode and augment on its "
+        "workers (see docs/training.md); null = on this host.",
+    )
 
 
 @dataclasses.dataclass
@@ -158,6 +170,11 @@ class TrainConfig:
         2, "`mirrored` without a GPU: the CPU is split into this many logical devices."
     )
     log_every_steps: int = _field(10, "TensorBoard scalars and progress-bar refresh interval.")
+    steps_per_execution: int | None = _field(
+        None,
+        "Steps per call of the compiled train function (metrics reach the host once per "
+        "call); null = 32 on TPU, 1 otherwise.",
+    )
 
 
 @dataclasses.dataclass
@@ -168,7 +185,9 @@ class CheckpointConfig:
     every_epoch: bool = _field(True, "Also save at the end of every epoch.")
     keep: int = _field(3, "Keep the last K checkpoints.")
     save_data_iterator: bool = _field(
-        True, "Checkpoint the tf.data iterator (exact data position on resume)."
+        True,
+        "Store the input position (one integer per worker) for an exact resume; false "
+        "restarts the data order at a resume.",
     )
 
 
@@ -294,6 +313,21 @@ def _check_ranges(cfg: Config) -> None:
     )
     need(t.num_cpu_replicas >= 1, "train.num_cpu_replicas", ">= 1", t.num_cpu_replicas)
     need(t.log_every_steps >= 1, "train.log_every_steps", ">= 1", t.log_every_steps)
+    if t.steps_per_execution is not None:
+        need(
+            t.steps_per_execution >= 1,
+            "train.steps_per_execution",
+            ">= 1 (or null)",
+            t.steps_per_execution,
+        )
+    need(cfg.data.shuffle_buffer >= 1, "data.shuffle_buffer", ">= 1", cfg.data.shuffle_buffer)
+    if cfg.data.service is not None:
+        need(
+            cfg.data.service.startswith("grpc://") and ":" in cfg.data.service[7:],
+            "data.service",
+            "a dispatcher address grpc://HOST:PORT",
+            cfg.data.service,
+        )
     need(cfg.model.image_size >= 16, "model.image_size", ">= 16", cfg.model.image_size)
     need(o.base_lr > 0, "optimizer.base_lr", "> 0", o.base_lr)
     need(o.base_batch_size >= 1, "optimizer.base_batch_size", ">= 1", o.base_batch_size)

@@ -111,11 +111,21 @@ def build_model(cfg: Config, derived: Derived):
     return model, schedule
 
 
-def make_dataset(cfg: Config, source, worker: WorkerInfo) -> tf.data.Dataset:
-    """This worker's stream of batches of global_batch / num_workers examples."""
+def make_dataset(
+    cfg: Config,
+    source,
+    worker: WorkerInfo,
+    *,
+    input_context: tf.distribute.InputContext | None = None,
+    start_position: int = 0,
+    service_job: str | None = None,
+) -> tf.data.Dataset:
+    """This worker's stream of batches of global_batch / num_workers examples, or, with
+    the `input_context` of `distribute_datasets_from_function`, of per-replica batches
+    (device placement then yields (images, original sizes)) from `start_position` on."""
     from care_tf.data import make_pretrain_dataset
 
-    context = tf.distribute.InputContext(
+    context = input_context or tf.distribute.InputContext(
         num_input_pipelines=worker.num_workers,
         input_pipeline_id=worker.task_id,
         num_replicas_in_sync=worker.num_workers,  # one batch per worker, sliced per replica
@@ -131,6 +141,10 @@ def make_dataset(cfg: Config, source, worker: WorkerInfo) -> tf.data.Dataset:
         cache=cfg.data.cache,
         skip_corrupt=cfg.data.skip_corrupt,
         split=cfg.data.split,
+        return_image_sizes=input_context is not None,
+        start_position=start_position,
+        service=cfg.data.service,
+        service_job=service_job,
     )
 
 

@@ -1,13 +1,17 @@
 """The training loop behind `python -m care_tf.train`: build, restore, step, log, save.
 
 The model, data and monitors come from `care_tf.train.experiment.build_experiment`,
-the same builder `model.fit` users call. One tf.data iterator per worker yields
-that worker's share of the global batch; the compiled step takes the next batch,
-slices it per local replica and runs `CARE.train_step` on each replica under the
-strategy. The iterator is a plain `tf.data.Iterator`, so it is checkpointed with
-the model and optimizer (distributed iterators are not checkpointable), and a
-resumed run continues at the same step with the same data, learning rate,
-momentum and optimizer state.
+the same builder `model.fit` users call. Every replica reads its own
+global_batch / replicas examples from its worker's input pipeline
+(`distribute_datasets_from_function`), and the compiled function runs
+`train.steps_per_execution` steps per call, so metrics reach the host once per
+call. Calls end at epoch ends, checkpoint steps and the end of the run, where the
+loop logs, saves and runs the monitors.
+
+The input is a function of (seed, position) (`care_tf.data.order`): a checkpoint
+stores the model, the optimizer and the position (examples read per worker), and a
+resumed run continues at the same step with the same data, learning rate, momentum
+and optimizer state.
 """
 
 from __future__ import annotations
@@ -34,8 +38,13 @@ from care_tf.train.callbacks import (
 )
 from care_tf.train.checkpoint import TrainCheckpoint, has_checkpoint_files
 from care_tf.train.config import Config, ConfigError, dump_yaml, resolved_dict
-from care_tf.train.experiment import build_experiment
-from care_tf.train.strategy import WorkerInfo, check_global_batch, worker_info
+from care_tf.train.experiment import build_experiment, make_dataset
+from care_tf.train.strategy import (
+    WorkerInfo,
+    check_global_batch,
+    steps_per_execution,
+    worker_info,
+)
 
 TRAIN_STATE = "train_state.json"
 # Keys that may change between a run and its resumption: they do not alter the maths
@@ -48,6 +57,8 @@ RESUMABLE_CHANGES = (
     "checkpoint.",
     "monitor.",
     "train.log_every_steps",
+    "train.steps_per_execution",
+    "data.service",
     "train.strategy",
     "train.num_cpu_replicas",
     "name",
@@ -55,29 +66,51 @@ RESUMABLE_CHANGES = (
 
 
 # ------------------------------------------------------------------- helpers
-def make_step_function(model: keras.Model, strategy: tf.distribute.Strategy):
-    """A compiled `step(iterator) -> logs`: next worker batch, split over local replicas."""
-    local = strategy.num_replicas_in_sync // max(
-        getattr(strategy.extended, "_num_workers", 1) or 1, 1
-    )
+def make_step_function(
+    model: keras.Model, strategy: tf.distribute.Strategy, *, jit_compile: bool = False
+):
+    """A compiled `steps(iterator, k) -> logs` running k train steps in one call.
+
+    `iterator` is a distributed iterator of per-replica batches: (view1, view2) (host
+    placement) or (images, original sizes) that the model's augmenter turns into the
+    two views on the device, crops drawn in each image's original geometry. The logs
+    (metric results, averaged over replicas and workers) are those after the last step:
+    they reach the host once per call.
+
+    Args:
+        model: the compiled CARE model.
+        strategy: the strategy the iterator was distributed with.
+        jit_compile: compile each replica's step with XLA (static shapes; the TPU way).
+    """
 
     def replica_step(batch):
-        replica = tf.distribute.get_replica_context().replica_id_in_sync_group % local
+        if model.augmenter is not None:
+            images, sizes = batch
+            view1, view2 = model.augmenter(images, image_sizes=sizes, training=True)
+            batch = {"view1": view1, "view2": view2}
+        return model.train_step(batch)
 
-        def part(t):
-            size = tf.shape(t)[0] // local
-            return t[replica * size : (replica + 1) * size]
-
-        return model.train_step(tf.nest.map_structure(part, batch))
+    if jit_compile:
+        replica_step = tf.function(replica_step, jit_compile=True)
 
     @tf.function
-    def step(iterator):
-        batch = next(iterator)
-        logs = strategy.run(replica_step, args=(batch,))
+    def steps(iterator, k):
+        for _ in tf.range(k - 1):
+            strategy.run(replica_step, args=(next(iterator),))
+        logs = strategy.run(replica_step, args=(next(iterator),))
         # Mean over all replicas (and workers): every worker sees the same numbers.
-        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
+        return {name: strategy.reduce("MEAN", v, axis=None) for name, v in logs.items()}
 
-    return step
+    return steps
+
+
+def next_boundary(step: int, end: int, steps_per_epoch: int, every_steps: int) -> int:
+    """The first step after `step` where the loop must stop a call: an epoch end
+    (monitors, CSV row), a checkpoint step, or the end of the run."""
+    stops = [end, (step // steps_per_epoch + 1) * steps_per_epoch]
+    if every_steps:
+        stops.append((step // every_steps + 1) * every_steps)
+    return min(stops)
 
 
 def weights_digest(variables) -> str:
@@ -186,11 +219,12 @@ def run(
             layout.path(model_dir, layout.CONFIG), dump_yaml(resolved_dict(cfg, derived))
         )
 
-    iterator = iter(exp.dataset)
+    worker_batch = cfg.train.global_batch_size // worker.num_workers
+    position = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_position")
     checkpoint = TrainCheckpoint(
         model_dir,
         model,
-        iterator if cfg.checkpoint.save_data_iterator else None,
+        position if cfg.checkpoint.save_data_iterator else None,
         worker=worker,
         keep=cfg.checkpoint.keep,
         base_lr=cfg.optimizer.base_lr,
@@ -201,10 +235,32 @@ def run(
         if int(model.steps.numpy()) != start:
             found = int(model.steps.numpy())
             raise RuntimeError(f"Checkpoint step {start} does not match the model's step {found}.")
+        if cfg.checkpoint.save_data_iterator and int(position.numpy()) != start * worker_batch:
+            raise RuntimeError(
+                f"Checkpoint step {start} holds input position {int(position.numpy())}, not "
+                f"{start * worker_batch} = step x {worker_batch} examples per worker."
+            )
+
+    # Each replica reads its own global_batch / replicas examples from its worker's stream,
+    # which starts where the checkpoint left it.
+    job = f"care-{hashlib.sha256(os.path.abspath(model_dir).encode()).hexdigest()[:12]}"
+    iterator = iter(
+        strategy.distribute_datasets_from_function(
+            lambda context: make_dataset(
+                cfg,
+                exp.source,
+                worker,
+                input_context=context,
+                start_position=int(position.numpy()),
+                service_job=job,
+            )
+        )
+    )
 
     total = derived.total_steps
     end = total if max_steps is None else min(max_steps, total)
     spe = derived.steps_per_epoch
+    per_call = steps_per_execution(cfg.train.steps_per_execution, strategy)
     step_fn = make_step_function(model, strategy)
 
     chief = worker.is_chief
@@ -228,40 +284,45 @@ def run(
         bar.write(
             f"{cfg.name}: {'resuming at' if start else 'starting'} step {start} of {total} "
             f"({spe} steps/epoch, {strategy.num_replicas_in_sync} replicas, "
-            f"global batch {cfg.train.global_batch_size}, peak lr {derived.peak_lr:g})"
+            f"global batch {cfg.train.global_batch_size}, {per_call} steps per call, "
+            f"peak lr {derived.peak_lr:g})"
         )
         callbacks.on_train_begin()
 
     step = start
     logs: dict = {}
+    every = cfg.checkpoint.every_steps
     while step < end:
         epoch = step // spe
         if step % spe == 0 or step == start:
             for metric in model.metrics:
                 metric.reset_state()
             callbacks.on_epoch_begin(epoch)
-        lr = schedule.value(step)
+        # K steps per call, cut at the next epoch end, checkpoint step or end of the run.
+        k = min(per_call, next_boundary(step, end, spe, every) - step)
         callbacks.on_train_batch_begin(step % spe)
-        out = step_fn(iterator)
-        logs = {k: float(v) for k, v in out.items()}
-        step += 1
+        out = step_fn(iterator, tf.constant(k, tf.int32))
+        logs = {name: float(v) for name, v in out.items()}
+        previous, step = step, step + k
         check_finite(logs, step, checkpoint.last_saved, model_dir, cfg.optimizer.base_lr)
-        throughput.step()
-        logs["lr"] = lr
+        throughput.step(k)
+        logs["lr"] = schedule.value(step - 1)  # the lr of the call's last step
         logs["images_per_sec"] = throughput.images_per_sec
-        callbacks.on_train_batch_end(step % spe, logs)
+        callbacks.on_train_batch_end((step - 1) % spe, logs)
         epoch_end = step % spe == 0
-        if step % cfg.train.log_every_steps == 0 or epoch_end or step == end:
+        log_every = cfg.train.log_every_steps
+        if step // log_every > previous // log_every or epoch_end or step == end:
             bar.update(0, logs, epoch)
             if tb is not None:
                 tb.write(logs, step)
-        bar.update(1)
+        bar.update(k)
 
         if (
-            (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0)
+            (every and step % every == 0)
             or (epoch_end and cfg.checkpoint.every_epoch)
-            or step == end
+            or (step == end)
         ):
+            position.assign(step * worker_batch)
             checkpoint.save(step)  # raises NonFiniteStateError instead of saving NaN/Inf
         if epoch_end or step == end:
             epoch_logs = dict(logs)

@@ -172,3 +172,17 @@ def check_global_batch(global_batch: int, strategy: tf.distribute.Strategy) -> i
             f"{replicas} replicas of the {type(strategy).__name__}; use a multiple of {replicas}."
         )
     return global_batch // replicas
+
+
+TPU_STEPS_PER_EXECUTION = 32
+
+
+def steps_per_execution(configured: int | None, strategy: tf.distribute.Strategy) -> int:
+    """Train steps per call of the compiled function: `configured`, else 32 on TPU (a host
+    round trip costs far more than a TPU step) and 1 elsewhere (a step on a GPU or CPU
+    outlasts the round trip; see docs/training.md for the measured overhead)."""
+    if configured is not None:
+        return int(configured)
+    if isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)):
+        return TPU_STEPS_PER_EXECUTION
+    return 1
