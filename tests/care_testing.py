@@ -7,6 +7,7 @@ import sys
 from types import ModuleType
 
 import numpy as np
+import tensorflow as tf
 
 import care_tf
 
@@ -54,3 +55,19 @@ def hold_lock(directory) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
     assert proc.stdout.readline().strip() == b"locked"
     return proc
+
+
+def start_data_service(num_workers: int = 2):
+    """An in-process tf.data service: a dispatcher and `num_workers` workers on 127.0.0.1."""
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
+    port = dispatcher.target.rsplit(":", 1)[1]
+    workers = [
+        service.WorkerServer(
+            service.WorkerConfig(
+                dispatcher_address=f"127.0.0.1:{port}", worker_address="127.0.0.1:%port%"
+            )
+        )
+        for _ in range(num_workers)
+    ]
+    return f"grpc://127.0.0.1:{port}", dispatcher, workers

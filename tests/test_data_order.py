@@ -4,6 +4,7 @@ lanes and windows, device crops in the original geometry, the tf.data service.""
 import numpy as np
 import pytest
 import tensorflow as tf
+from care_testing import start_data_service
 
 from care_tf.data import TwoViewAugment, make_pretrain_dataset
 from care_tf.data.order import lane_bounds, random_access_positions, record_positions
@@ -116,22 +117,6 @@ def test_device_crops_follow_the_original_aspect_ratio():
     assert np.all((following > lo - 0.12) & (following < hi + 0.12))
     assert abs(following.mean()) < 0.05 and 0.12 < following.std() < 0.21
     assert abs(squashed.mean() - np.log(2)) < 0.1  # drawn in the 37 x 37 frame: 2x too wide
-
-
-def start_data_service(num_workers: int = 2):
-    """An in-process tf.data service: a dispatcher and `num_workers` workers on 127.0.0.1."""
-    service = tf.data.experimental.service
-    dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
-    port = dispatcher.target.rsplit(":", 1)[1]
-    workers = [
-        service.WorkerServer(
-            service.WorkerConfig(
-                dispatcher_address=f"127.0.0.1:{port}", worker_address="127.0.0.1:%port%"
-            )
-        )
-        for _ in range(num_workers)
-    ]
-    return f"grpc://127.0.0.1:{port}", dispatcher, workers
 
 
 def test_tf_data_service_serves_the_same_examples():

@@ -29,7 +29,8 @@ def _env(**extra):
 
 def test_mirrored_matches_one_device():
     """2 steps over 2 replicas with sync BN == 2 steps on one device, same global batch."""
-    from care_tf.train.experiment import build_model, make_step_function
+    from care_tf.train.experiment import build_model
+    from care_tf.train.loop import make_step_function
 
     cfg = from_dict({
         "model": {"backbone": "resnet18", "image_size": 32, "base_channels": 8,
@@ -56,10 +57,13 @@ def test_mirrored_matches_one_device():
         else:
             for v, value in zip(model.weights, init, strict=True):
                 v.assign(value)
-        iterator = iter(tf.data.Dataset.from_tensor_slices(views).batch(8))
+        # Each replica reads its own rows of the global batch of 8.
+        iterator = iter(strategy.distribute_datasets_from_function(
+            lambda ctx: tf.data.Dataset.from_tensor_slices(views).batch(
+                ctx.get_per_replica_batch_size(8))))  # fmt: skip
         step = make_step_function(model, strategy)
         for _ in range(2):
-            step(iterator)
+            step(iterator, tf.constant(1))
         weights[name] = [v.numpy() for v in model.weights]
     # Each variable's update agrees to float tolerance: |w_mirrored - w_one| is small next
     # to the update w_one - w_init (sync BN sums E[x], E[x^2] across replicas, so the

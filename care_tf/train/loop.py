@@ -74,7 +74,7 @@ def make_step_function(
     `iterator` is a distributed iterator of per-replica batches: (view1, view2) (host
     placement) or (images, original sizes) that the model's augmenter turns into the
     two views on the device, crops drawn in each image's original geometry. The logs
-    (metric results, averaged over replicas and workers) are those after the last step:
+    are the model's running metrics after the last step, over all replicas and workers:
     they reach the host once per call.
 
     Args:
@@ -95,11 +95,10 @@ def make_step_function(
 
     @tf.function
     def steps(iterator, k):
-        for _ in tf.range(k - 1):
+        for _ in tf.range(k):  # the step is traced once, whatever k
             strategy.run(replica_step, args=(next(iterator),))
-        logs = strategy.run(replica_step, args=(next(iterator),))
-        # Mean over all replicas (and workers): every worker sees the same numbers.
-        return {name: strategy.reduce("MEAN", v, axis=None) for name, v in logs.items()}
+        # Metric results read across replicas (and workers): the same numbers everywhere.
+        return {metric.name: metric.result() for metric in model.metrics}
 
     return steps
 
