@@ -462,7 +462,13 @@ def _finite_checkpoints(model_dir: str) -> str | None:
 
 
 def _corrupt_newest(model_dir: str) -> None:
+    """Overwrites 256 bytes in the middle of the newest checkpoint's data (and removes the
+    garbage index the previous case left, so this case tests the data alone)."""
     import glob
+
+    index = os.path.join(model_dir, "checkpoints", "checkpoint")
+    if os.path.exists(index):
+        os.remove(index)
 
     data = sorted(glob.glob(os.path.join(model_dir, "checkpoints", "*.data-*")))
     if data:
