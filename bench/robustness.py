@@ -450,10 +450,9 @@ def _finite_checkpoints(model_dir: str) -> str | None:
         "import glob, json, numpy as np, tensorflow as tf\n"
         f"bad = 0\nfor index in glob.glob({model_dir!r} + '/checkpoints/*.index'):\n"
         "    reader = tf.train.load_checkpoint(index[:-len('.index')])\n"
-        "    for name in reader.get_variable_to_shape_map():\n"
-        "        value = reader.get_tensor(name)\n"
-        "        if np.issubdtype(np.asarray(value).dtype, np.floating):\n"
-        "            bad += int(not np.all(np.isfinite(value)))\n"
+        "    for name, dtype in reader.get_variable_to_dtype_map().items():\n"
+        "        if dtype.is_floating:  # (the data iterator is a variant tensor)\n"
+        "            bad += int(not np.all(np.isfinite(reader.get_tensor(name))))\n"
         "print(bad)"
     )
     proc = subprocess.run([PY, "-c", code], capture_output=True, text=True,
