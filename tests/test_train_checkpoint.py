@@ -106,6 +106,17 @@ def test_resume_without_index_file(model, tmp_path):
     assert [os.path.basename(p) for p in ckpt.manager.checkpoints] == ["ckpt-2", "ckpt-4", "ckpt-6"]
 
 
+def test_resume_past_a_garbled_index_file(model, tmp_path, capsys):
+    """An index file of bytes that are not even UTF-8 text (TF's parser raises on them)."""
+    _, first, values = _saved_run(model, tmp_path)
+    _ckpt(tmp_path, "checkpoint").write_bytes(b"\xff\xfe\x80garbage\x00\xc3(")
+    ckpt, step = _restore(model, tmp_path)
+    assert step == 6 and np.array_equal(first.numpy(), values[6])
+    assert _ckpt(tmp_path, "checkpoint.unreadable").exists()
+    assert "does not parse" in capsys.readouterr().err
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-6")
+
+
 @pytest.mark.parametrize(
     "damage",
     ["index_missing", "index_garbage", "data_flipped", "data_truncated", "data_missing"],

@@ -83,6 +83,27 @@ def remove_stale_temp(directory: str) -> list[str]:
     return stale
 
 
+def set_aside_bad_index(directory: str) -> str | None:
+    """Renames a garbled tf.train `checkpoint` index file to `checkpoint.unreadable`.
+
+    The index only lists the `ckpt-N` files (a resume scans the files themselves and
+    rewrites it), but `tf.train.CheckpointManager` fails to start on an index that does
+    not parse. Returns the new path when the file was set aside, else None.
+    """
+    index = os.path.join(directory, "checkpoint")
+    if not tf.io.gfile.exists(index):
+        return None
+    try:
+        tf.train.get_checkpoint_state(directory)
+        return None
+    except (tf.errors.OpError, ValueError, UnicodeDecodeError) as e:  # text_format errors
+        reason = f"{type(e).__name__}: {_first_line(e)}"
+    aside = index + ".unreadable"
+    tf.io.gfile.rename(index, aside, overwrite=True)
+    _say(f"the index file {index} does not parse ({reason}); moved to {aside}.")
+    return aside
+
+
 def unreadable_reason(prefix: str) -> str | None:
     """Why the checkpoint `prefix` (".../ckpt-N") cannot be resumed; None when whole.
 
@@ -160,6 +181,8 @@ class TrainCheckpoint:
         for folder in (self.directory,) if worker.is_chief else (own_dir,):
             for name in remove_stale_temp(folder):
                 _say(f"removed {name}/ in {folder}, left by an interrupted save.")
+        if worker.is_chief:
+            set_aside_bad_index(self.directory)
         state = {"weights": weight_map(model), "optimizer": model.optimizer}
         self._count_nonfinite, self.num_tensors = _nonfinite_counter(
             [*model.weights, *model.optimizer.variables]
