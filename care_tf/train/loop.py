@@ -371,10 +371,7 @@ def finish(model: keras.Model, model_dir: str, result: RunResult, worker: Worker
     }
     if worker.is_chief:
         out_dir = model_dir
-        with atomic.replacing(layout.path(model_dir, layout.MODEL)) as tmp:
-            model.save(tmp)
-        with atomic.replacing(layout.path(model_dir, layout.BACKBONE)) as tmp:
-            model.backbone.save(tmp)
+        layout.save_models(model, model_dir)
     else:  # non-chief workers only report their state, for checks
         out_dir = os.path.join(
             layout.path(model_dir, layout.CHECKPOINTS), "workers", f"worker-{worker.task_id}"
