@@ -178,6 +178,7 @@ def make_monitors(cfg: Config, model_dir: str | None) -> list:
                 every_n_epochs=mon.knn_every_epochs,
                 num_classes=source.num_classes,
                 log_dir=log_dir,
+                attention_images=mon.attention_images,
             )
         )
     if mon.linear_probe:

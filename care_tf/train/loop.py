@@ -59,6 +59,7 @@ RESUMABLE_CHANGES = (
     "train.log_every_steps",
     "train.steps_per_execution",
     "data.service",
+    "train.weight_histograms",
     "train.strategy",
     "train.num_cpu_replicas",
     "name",
@@ -331,10 +332,8 @@ def run(
                 callback.on_epoch_end(epoch, epoch_logs)
             if csv_log is not None:
                 csv_log.write({"epoch": epoch + 1, "step": step, **epoch_logs})
-            if tb is not None:
-                extra = {k: v for k, v in epoch_logs.items() if k not in logs}
-                if extra:
-                    tb.write(extra, step, prefix="monitor/")
+            if tb is not None and cfg.train.weight_histograms:
+                tb.histograms(model.weights, step)
     bar.close()
     if start < end:
         callbacks.on_train_end(logs)
