@@ -13,7 +13,7 @@ momentum schedule, data subset, augmentation draws and shuffling on both routes.
 Example:
 >>> exp = care_tf.build_experiment("configs/quickstart.yaml")
 >>> history = exp.fit()
->>> exp.model.backbone.save("backbone.keras")
+>>> exp.save("runs/quickstart")   # model.keras + backbone.keras, as the CLI writes
 """
 
 from __future__ import annotations
@@ -250,6 +250,17 @@ class Experiment:
             callbacks=[*self.callbacks, *stop, *(callbacks or [])],
             **kwargs,
         )
+
+
+    def save(self, model_dir: str) -> None:
+        """Writes `model.keras` and `backbone.keras` into `model_dir`, as the CLI does.
+
+        `backbone.keras` is a plain Keras model, images -> pooled features
+        (`care_tf.feature_extractor`); `care_tf.load_backbone(model_dir)` reads it.
+        """
+        from care_tf import model_dir as layout
+
+        layout.save_models(self.model, model_dir)
 
 
 class StopAtStep(keras.callbacks.Callback):
