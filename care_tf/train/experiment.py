@@ -251,7 +251,6 @@ class Experiment:
             **kwargs,
         )
 
-
     def save(self, model_dir: str) -> None:
         """Writes `model.keras` and `backbone.keras` into `model_dir`, as the CLI does.
 
