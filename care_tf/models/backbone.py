@@ -82,8 +82,9 @@ def feature_maps_model(model: keras.Model) -> keras.Model:
         if isinstance(layer, keras.Model) and isinstance(getattr(layer, "output", None), dict):
             return layer
     raise ValueError(
-        f"{model.name!r} holds no CARE backbone (a model returning res4/res5/pooled maps). "
-        "Load the run's model.keras, or build one with `care_tf.feature_backbone`."
+        f"{model.name!r} is not a CARE backbone and holds none (a CARE backbone returns a "
+        "dict of res4, res5 and pooled maps): load a run's backbone.keras or model.keras, or "
+        "wrap a Keras CNN with `care_tf.feature_backbone(model, res4=..., res5=...)`."
     )
 
 
