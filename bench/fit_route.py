@@ -31,6 +31,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUTES = ("fit", "cli", "fit_keras_sgd")
 QUICK_SET = [
+    "model.base_channels=4",
+    "model.transformer_kwargs={num_blocks: 1}",
     "model.hidden_dim=32",
     "model.projection_dim=16",
     "data.max_examples=256",
