@@ -123,6 +123,11 @@ def load_care(preset: str) -> keras.Model:
     elif os.path.isfile(layout.path(preset, layout.MODEL)) or preset.endswith(".keras"):
         path = preset if preset.endswith(".keras") else layout.path(preset, layout.MODEL)
         model = keras.saving.load_model(path, compile=False)
+    elif os.path.isdir(preset):
+        raise FileNotFoundError(
+            f"{preset!r} holds no {layout.MODEL} (the whole CARE model) and is not a preset "
+            "directory: train into it, or read its backbone with care_tf.load_backbone."
+        )
     else:
         raise _unknown(preset)
     if not hasattr(model, "target_backbone"):
