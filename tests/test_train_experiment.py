@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import care_tf
-from care_tf.train.experiment import build_experiment
+from care_tf.train.experiment import build_experiment, make_dataset
 from care_tf.train.loop import make_step_function
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,10 +32,14 @@ def test_fit_route_and_cli_step_train_identical_weights():
 
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")  # the CLI's strategy on a CPU
     cli_exp = build_experiment(CONFIG, overrides=TINY, strategy=strategy)
-    iterator = iter(cli_exp.dataset)
-    step = make_step_function(cli_exp.model, strategy)
-    for _ in range(steps):
-        logs = step(iterator)
+    iterator = iter(  # as loop.run builds it: per-replica input
+        strategy.distribute_datasets_from_function(
+            lambda context: make_dataset(
+                cli_exp.config, cli_exp.source, cli_exp.worker, input_context=context
+            )
+        )
+    )
+    logs = make_step_function(cli_exp.model, strategy)(iterator, tf.constant(steps, tf.int32))
 
     assert isinstance(fit_exp.model.optimizer, care_tf.TorchSGD)
     assert int(fit_exp.model.steps.numpy()) == int(cli_exp.model.steps.numpy()) == steps
