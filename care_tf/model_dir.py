@@ -3,7 +3,7 @@
 model_dir/
   config.yaml        resolved experiment config (written at the start of training)
   model.keras        the full CARE model (online + target + optimizer state), final
-  backbone.keras     the online CNN backbone alone, final: what evaluate/export use
+  backbone.keras     the online CNN backbone alone (images -> pooled features), final
   classifier.keras   backbone + linear head (written by `care_tf.convert --linear`)
   checkpoints/       tf.train checkpoints for exact resume
   logs/              TensorBoard event files
@@ -56,27 +56,75 @@ def load_keras_file(file: str):
         raise ValueError(f"{file} could not be loaded as a Keras model: {cause}") from err
 
 
-def load_backbone(model_dir: str):
-    """Loads the online backbone of a run (a run directory, or a `.keras` file given
-    directly: `backbone.keras`, or a full CARE `model.keras`, whose backbone is taken).
+def _load_keras(model_dir: str):
+    """backbone.keras of a run (or a `.keras` file given directly), else its model.keras."""
+    if model_dir.endswith(".keras") or os.path.isfile(model_dir):
+        return load_keras_file(model_dir)
+    candidate = path(model_dir, BACKBONE)
+    if os.path.isfile(candidate):
+        return load_keras_file(candidate)
+    full = path(model_dir, MODEL)
+    if os.path.isfile(full):
+        return load_keras_file(full)
+    raise FileNotFoundError(
+        f"No trained backbone in {model_dir!r}: expected {BACKBONE} (or {MODEL}) there. "
+        "Train with `python -m care_tf.train --model_dir DIR` first, or pass a .keras file."
+    )
+
+
+def load_backbone(model_dir: str, *, include_normalization: bool = False):
+    """The online backbone of a run as a plain Keras model: images -> pooled features.
+
+    Reads `model_dir/backbone.keras` (or `model.keras`, or a `.keras` file given
+    directly: a backbone, or a full CARE model whose backbone is taken; backbones saved
+    with dict outputs by earlier versions are wrapped).
+
+    Args:
+        model_dir: str. A run directory or a `.keras` file.
+        include_normalization: bool. Take [0, 255] pixels (see
+            `care_tf.feature_extractor`). Defaults to False (normalised images).
+
+    Returns:
+        keras.Model (B, H, W, 3) -> (B, C5).
 
     Raises:
         FileNotFoundError: with what was looked for when there is no backbone.
         ValueError: the file there is corrupt or not a Keras model.
     """
-    if model_dir.endswith(".keras") or os.path.isfile(model_dir):
-        model = load_keras_file(model_dir)
-        return getattr(model, "backbone", model) if _is_care(model) else model
-    candidate = path(model_dir, BACKBONE)
-    if not os.path.isfile(candidate):
-        full = path(model_dir, MODEL)
-        if os.path.isfile(full):
-            return load_keras_file(full).backbone
-        raise FileNotFoundError(
-            f"No trained backbone in {model_dir!r}: expected {BACKBONE} (or {MODEL}) there. "
-            "Train with `python -m care_tf.train --model_dir DIR` first, or pass a .keras file."
-        )
-    return load_keras_file(candidate)
+    from care_tf.models.backbone import feature_extractor, feature_maps_model
+
+    model = _load_keras(model_dir)
+    single = not isinstance(getattr(model, "output", None), dict) and not _is_care(model)
+    has_norm = any(layer.name == "normalize" for layer in getattr(model, "layers", []))
+    if single and has_norm == include_normalization:
+        return model
+    return feature_extractor(feature_maps_model(model), include_normalization=include_normalization)
+
+
+def load_feature_model(model_dir: str):
+    """The run's multi-output backbone `{"res4", "res5", "pooled"}` (normalised images in).
+
+    For attention maps and exports of the res4/res5 maps; reads the same files as
+    `load_backbone`.
+    """
+    from care_tf.models.backbone import feature_maps_model
+
+    return feature_maps_model(_load_keras(model_dir))
+
+
+def save_models(model, model_dir: str) -> None:
+    """Writes a trained CARE model's `model.keras` and `backbone.keras` into `model_dir`.
+
+    `backbone.keras` is `care_tf.feature_extractor(model)` (images -> pooled features).
+    Each file is written aside and renamed into place.
+    """
+    from care_tf import atomic
+    from care_tf.models.backbone import feature_extractor
+
+    os.makedirs(model_dir, exist_ok=True)
+    for name, obj in ((MODEL, model), (BACKBONE, feature_extractor(model))):
+        with atomic.replacing(path(model_dir, name)) as tmp:
+            obj.save(tmp)
 
 
 def _is_care(model) -> bool:

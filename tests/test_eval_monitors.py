@@ -135,7 +135,7 @@ def test_monitors_log_inside_fit(runs):
             runs["tmp"] / "logs"
         )
     # Written directly by the probe (no tensorboard package needed).
-    assert {"epoch_probe_val_top1", "epoch_probe_loss"} <= event_tags(runs["tmp"] / "probe_tb")
+    assert {"monitor/probe_val_top1", "monitor/probe_loss"} <= event_tags(runs["tmp"] / "probe_tb")
 
 
 def test_monitors_do_not_change_ssl_training(runs):

@@ -35,9 +35,9 @@ def loaded(exported):
 
 @pytest.fixture(scope="module")
 def backbone(exported):
-    from care_tf.model_dir import load_backbone
+    from care_tf.model_dir import load_feature_model
 
-    return load_backbone(exported["run"])
+    return load_feature_model(exported["run"])
 
 
 def _images(n=3, h=41, w=37, c=3):

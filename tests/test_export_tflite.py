@@ -36,9 +36,9 @@ def _runner(path):
 
 
 def _keras(run, pixels):
-    from care_tf.model_dir import load_backbone
+    from care_tf.model_dir import load_feature_model
 
-    backbone = load_backbone(run["run"])
+    backbone = load_feature_model(run["run"])
     return backbone(preprocess.normalize(pixels), training=False)["pooled"].numpy()
 
 

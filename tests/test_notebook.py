@@ -1,4 +1,8 @@
-"""examples/quickstart.ipynb runs top to bottom (tiny budget) in a kernel of this Python."""
+"""examples/quickstart.ipynb runs top to bottom (tiny budget) in a kernel of this Python.
+
+The kernel inherits this process's environment (PYTHONPATH included), so it imports the
+care_tf under test; the notebook runs in a temporary folder outside the checkout.
+"""
 
 import json
 import os
@@ -57,7 +61,17 @@ def test_quickstart_notebook_runs(kernel_name, tmp_path, fmnist_small):
         for out in cell.get("outputs", [])
     )
     assert "data: fashion_mnist" in text  # offline: never downloads in tests
-    assert "kNN top-1" in text and "linear top-1" in text
+    assert "random weights: kNN top-1" in text and "CARE, trained" in text
+    assert "linear top-1" in text and "gain over random weights" in text
+    figures = [
+        out
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if "image/png" in out.get("data", {})
+    ]
+    assert len(figures) == 3  # loss curves, trained vs random, attention grid
+    assert "-> (None, 10)" in text  # backbone.keras + Dense(10) as a keras.Sequential
     assert (workdir / "quickstart_run" / "exported" / "care" / "1" / "saved_model.pb").is_file()
     tflite = workdir / "quickstart_run" / "exported" / "tflite" / "care" / "1" / "care_int8.tflite"
     assert tflite.is_file()

@@ -22,6 +22,7 @@ import tensorflow as tf
 from care_tf import atomic
 from care_tf.constants import IMAGENET_MEAN, IMAGENET_STD
 from care_tf.evaluate.features import select_features
+from care_tf.models.backbone import feature_maps_model
 
 METHODS = ("gradcam", "mean")
 
@@ -37,7 +38,8 @@ def attention_maps(
     """Attention heatmaps of `backbone` for `images`.
 
     Args:
-        backbone: keras.Model. A CARE backbone (dict output), run in inference mode.
+        backbone: keras.Model. A CARE backbone (dict output), a CARE model or a
+            feature extractor (`backbone.keras`); run in inference mode.
         images: float (N, H, W, 3), normalised with the ImageNet mean/std.
         method: str. `"gradcam"` or `"mean"` (see the module docstring).
         feature_key: str. Feature map used. Defaults to `"res5"`.
@@ -48,6 +50,8 @@ def attention_maps(
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
+    if not isinstance(getattr(backbone, "output", None), dict):
+        backbone = feature_maps_model(backbone)  # a feature extractor (backbone.keras)
     images = np.asarray(images, np.float32)
     if images.ndim != 4:
         raise ValueError(f"`images` must be (N, H, W, C). Received shape {images.shape}")
@@ -93,32 +97,24 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.nd
     return np.clip((1 - alpha) * image + alpha * colours, 0.0, 1.0)
 
 
-def save_attention_grid(
+def attention_grid_figure(
     images,
     maps: dict[str, np.ndarray],
-    path: str,
     *,
     titles: list[str] | None = None,
     alpha: float = 0.5,
     cell_inches: float = 1.6,
-) -> str:
-    """Writes a PNG grid: one row per image; columns = the input, then one
-    overlay per model (like the paper's attention figures).
+):
+    """A matplotlib figure: one row per image; columns = the input, then one overlay
+    per model (like the paper's attention figures).
 
     Args:
         images: float (N, H, W, 3): ImageNet-normalised (as fed to the model).
         maps: {model name: (N, H, W) heatmaps in [0, 1]}, e.g. {"BYOL": ..., "CARE": ...}.
-        path: str. Output PNG.
         titles: optional per-row labels (e.g. class names).
         alpha: float. Heatmap opacity.
         cell_inches: float. Size of one cell.
-
-    Returns:
-        `path`.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rgb = denormalize(images)
@@ -143,6 +139,31 @@ def save_attention_grid(
     for j, name in enumerate(["input", *maps], start=0):
         axes[0, j].set_title(name, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def attention_grid_image(images, maps: dict[str, np.ndarray], **kwargs) -> np.ndarray:
+    """`attention_grid_figure` rendered to uint8 RGB (H, W, 3) (e.g. for TensorBoard)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = attention_grid_figure(images, maps, **kwargs)
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return pixels
+
+
+def save_attention_grid(images, maps: dict[str, np.ndarray], path: str, **kwargs) -> str:
+    """Writes `attention_grid_figure(images, maps, **kwargs)` as a PNG at `path`; returns it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = attention_grid_figure(images, maps, **kwargs)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic.replacing(path) as tmp:
         fig.savefig(tmp, dpi=100)

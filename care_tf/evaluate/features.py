@@ -43,14 +43,21 @@ def feature_fn(backbone: keras.Model, key: str = "pooled"):
     """A compiled `images -> features` function running `backbone` in inference mode.
 
     BatchNorm uses its moving statistics and nothing in the backbone is updated.
+    `backbone` is a CARE backbone (dict output) or a feature extractor (pooled
+    features; for another `key`, the CARE backbone inside it is used).
     """
     cached = _FEATURE_FNS.setdefault(backbone, {})
     if key in cached:
         return cached[key]
+    model = backbone
+    if key != "pooled" and not isinstance(getattr(backbone, "output", None), dict):
+        from care_tf.models.backbone import feature_maps_model
+
+        model = feature_maps_model(backbone)  # a feature extractor: its maps model
 
     @tf.function(reduce_retracing=True)
     def forward(images):
-        return tf.stop_gradient(select_features(backbone(images, training=False), key))
+        return tf.stop_gradient(select_features(model(images, training=False), key))
 
     cached[key] = forward
     return forward
@@ -68,7 +75,8 @@ def extract_features(
     """Runs the frozen `backbone` over `data` and collects features and labels.
 
     Args:
-        backbone: keras.Model. A CARE backbone (dict output) or any feature model.
+        backbone: keras.Model. A feature extractor (`backbone.keras`: images -> pooled
+            features), a CARE backbone (dict output) or any feature model.
         data: batched `(images, labels)` dataset, or `(images, labels)` arrays.
         key: str. Which backbone output to collect. Defaults to `"pooled"`.
         batch_size: int. Batch size for array input.

@@ -13,9 +13,9 @@ state), and the monitors' data are their own datasets.
 Both add their figures to the epoch `logs` dict, so CSVLogger / TensorBoard /
 History record them **provided the monitors come before those callbacks** in the
 `callbacks` list (callbacks run in list order and share one logs dict). Pass
-`log_dir` to also write them to TensorBoard event files directly (with
-`tf.summary.write` and the scalar plugin's metadata, so this works without the
-`tensorboard` package installed).
+`log_dir` to also write them to TensorBoard event files directly, as
+`monitor/<name>` on the model's global-step axis (the axis of the training CLI's
+`train/` scalars); `KNNMonitor(attention_images=N)` adds a grid of attention maps.
 
 Example:
 >>> monitors = [
@@ -60,6 +60,14 @@ def write_scalar(tag: str, value: float, step: int) -> None:
     tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=metadata)
 
 
+def global_step(model: keras.Model) -> int:
+    """Training steps taken: CARE's own counter `model.steps`, else the optimizer's."""
+    steps = getattr(model, "steps", None)
+    if steps is None:
+        steps = model.optimizer.iterations
+    return int(keras.ops.convert_to_numpy(steps))
+
+
 def _due(epoch: int, every: int, total_epochs: int | None) -> bool:
     """Evaluate after the first epoch (so CSV headers include the keys), every
     `every` epochs, and after the last one."""
@@ -78,15 +86,22 @@ class _Monitor(keras.callbacks.Callback):
     def backbone(self) -> keras.Model:
         return _backbone_of(self.model, self._explicit_backbone)
 
-    def _write(self, values: dict, step: int) -> None:
-        if self.log_dir is None:
-            return
+    @property
+    def writer(self):
+        """The summary writer of `log_dir` (created on first use)."""
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
-        with self._writer.as_default():
+        return self._writer
+
+    def _write(self, values: dict) -> None:
+        """Scalars `monitor/<name>` at the model's global step (the training scalars' axis)."""
+        if self.log_dir is None or not values:
+            return
+        step = global_step(self.model)
+        with self.writer.as_default():
             for name, value in values.items():
-                write_scalar(f"epoch_{name}", value, step)
-        self._writer.flush()
+                write_scalar(f"monitor/{name}", value, step)
+        self.writer.flush()
 
 
 class KNNMonitor(_Monitor):
@@ -106,9 +121,13 @@ class KNNMonitor(_Monitor):
         batch_size: int. Batch size for array data.
         feature_key: str. Backbone output used. Defaults to `"pooled"`.
         prefix: str. Log-key prefix. Defaults to `"knn"`.
-        log_dir: str. Optional TensorBoard directory written directly.
+        log_dir: str. Optional TensorBoard directory written directly
+            (`monitor/<prefix>_top1` ... at the model's global step).
         backbone: keras.Model. Defaults to `model.backbone` of the fitted model.
         verbose: int. Print the accuracy when computed.
+        attention_images: int. With `log_dir`: also write `monitor/attention`, a grid
+            of Grad-CAM maps (res5) of the first N query images, at each evaluation.
+            Defaults to 0 (off).
     """
 
     def __init__(
@@ -126,8 +145,12 @@ class KNNMonitor(_Monitor):
         log_dir: str | None = None,
         backbone: keras.Model | None = None,
         verbose: int = 0,
+        attention_images: int = 0,
     ):
         super().__init__(log_dir, backbone)
+        if attention_images < 0:
+            raise ValueError(f"`attention_images` must be >= 0. Received: {attention_images}")
+        self.attention_images = int(attention_images)
         if every_n_epochs < 1:
             raise ValueError(f"`every_n_epochs` must be >= 1. Received: {every_n_epochs}")
         self.train_data = as_dataset(train_data, batch_size)
@@ -140,6 +163,7 @@ class KNNMonitor(_Monitor):
         self.prefix = prefix
         self.verbose = verbose
         self.history: list[tuple[int, float, float]] = []
+        self._attention_batch = None
 
     def evaluate(self) -> dict:
         """kNN `{prefix}_top1`, `{prefix}_top5` of the current backbone."""
@@ -157,6 +181,20 @@ class KNNMonitor(_Monitor):
         )
         return {f"{self.prefix}_top1": result["top1"], f"{self.prefix}_top5": result["top5"]}
 
+    def _write_attention(self) -> None:
+        from care_tf.evaluate.attention import attention_grid_image, attention_maps
+
+        if self._attention_batch is None:
+            images = (
+                self.val_data.unbatch().take(self.attention_images).batch(self.attention_images)
+            )
+            self._attention_batch = np.asarray(next(iter(images))[0])
+        images = self._attention_batch
+        grid = attention_grid_image(images, {"attention": attention_maps(self.backbone, images)})
+        with self.writer.as_default():
+            tf.summary.image("monitor/attention", grid[None], step=global_step(self.model))
+        self.writer.flush()
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not _due(epoch, self.every_n_epochs, self.params.get("epochs")):
             return
@@ -164,7 +202,9 @@ class KNNMonitor(_Monitor):
         if logs is not None:
             logs.update(values)
         self.history.append((epoch, *values.values()))
-        self._write(values, epoch)
+        self._write(values)
+        if self.attention_images and self.log_dir is not None:
+            self._write_attention()
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
 
@@ -298,4 +338,4 @@ class OnlineLinearProbe(_Monitor):
             values.update(self.evaluate())
         if logs is not None:
             logs.update(values)
-        self._write(values, epoch)
+        self._write(values)

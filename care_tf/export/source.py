@@ -199,7 +199,7 @@ def load_source(model_dir: str, image_size: int | None = None) -> ExportSource:
     if not os.path.exists(model_dir):
         raise ExportError(f"--model_dir {model_dir!r} does not exist.")
     try:
-        backbone = run_dir.load_backbone(model_dir)
+        backbone = run_dir.load_feature_model(model_dir)
     except FileNotFoundError as err:
         raise ExportError(str(err)) from None
     except (ValueError, TypeError, OSError) as err:

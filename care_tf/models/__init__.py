@@ -1,6 +1,11 @@
 """Networks of CARE: backbones, the transformer stream, heads and the CARE model."""
 
-from care_tf.models.backbone import check_backbone, feature_backbone
+from care_tf.models.backbone import (
+    check_backbone,
+    feature_backbone,
+    feature_extractor,
+    feature_maps_model,
+)
 from care_tf.models.batch_norm import BatchNorm
 from care_tf.models.care import CARE
 from care_tf.models.heads import MLPHead, l2_normalize

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -19,10 +22,19 @@ from care_tf.models.transformer import TransStack
 
 
 def _clone_layer(layer: keras.layers.Layer, name: str) -> keras.layers.Layer:
-    """A fresh, unbuilt copy of `layer`'s architecture named `name`."""
+    """A fresh copy of `layer`'s architecture named `name`, its weights under `name/`.
+
+    A functional model builds its inner layers as it is deserialised, and their
+    weight paths do not start with the model's name: such a copy is built under the
+    name scope `name`, so its weights get paths of their own
+    (`target_resnet18/stem_conv/kernel`, not the online `stem_conv/kernel`) and
+    TensorBoard histograms do not mix the two networks.
+    """
     config = keras.saving.serialize_keras_object(layer)
     config["config"]["name"] = name
-    return keras.saving.deserialize_keras_object(config)
+    unscoped = any(not w.path.startswith(f"{layer.name}/") for w in layer.weights)
+    with keras.name_scope(name) if unscoped else contextlib.nullcontext():
+        return keras.saving.deserialize_keras_object(config)
 
 
 @keras.saving.register_keras_serializable(package="care_tf")
@@ -320,6 +332,14 @@ class CARE(keras.Model):
             if "view1" in data:
                 return data["view1"], data["view2"]
             data = data["image"]
+        if isinstance(data, (tuple, list)) and any(len(d.shape) != 4 for d in data[1:]):
+            shapes = ", ".join(str(tuple(d.shape)) for d in data)
+            raise ValueError(
+                f"CARE.fit got batches of shapes ({shapes}), which look like (images, labels). "
+                "CARE learns without labels: give it (view1, view2) batches of two augmented "
+                "views (`care_tf.make_pretrain_dataset`), or raw image batches to a model with "
+                "an `augmenter`; drop the labels, e.g. `dataset.map(lambda x, y: x)`."
+            )
         if self.augmenter is not None:
             images = data[0] if isinstance(data, (tuple, list)) else data
             return self.augmenter(images, training=True)
@@ -388,10 +408,13 @@ class CARE(keras.Model):
         transformer_kwargs: dict | None = None,
         **kwargs,
     ) -> CARE:
-        """A built CARE model with a registered backbone (`resnet18` ... `resnet152`, `resnet50x2`).
+        """A CARE model: a registered architecture built afresh, or a saved one reloaded.
 
         Args:
-            preset: str. A name from `care_tf.list_backbones()`.
+            preset: str. A name from `care_tf.list_backbones()` (`resnet18` ...
+                `resnet152`, `resnet50x2`), or a directory: a preset written by
+                `care_tf.save_to_preset` or a training run (its `model.keras`), reloaded
+                exactly as saved (the other arguments then do not apply).
             image_size: int. Square input size in pixels. Defaults to 224.
             stem: str or None. `"imagenet"` or `"cifar"`; `None` picks `"cifar"` for
                 images of 64 px or less.
@@ -404,7 +427,9 @@ class CARE(keras.Model):
             **kwargs: CARE arguments (`hidden_dim`, `total_steps`, `t_stream`, ...).
         """
         if preset not in list_backbones():
-            raise ValueError(f"Unknown preset {preset!r}. Available: {', '.join(list_backbones())}")
+            from care_tf.presets import load_care
+
+            return load_care(os.fspath(preset))
         if stem is None:
             stem = "cifar" if image_size <= 64 else "imagenet"
         backbone = create_backbone(

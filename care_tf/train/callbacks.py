@@ -128,7 +128,13 @@ class ProgressBar:
 
 
 class TensorBoardWriter:
-    """Scalars (loss terms, lr, momentum, images_per_sec) to `log_dir` every call."""
+    """The training CLI's TensorBoard events in `log_dir`, on the global-step axis.
+
+    `write`: scalars (loss terms, lr, momentum, images_per_sec) as `train/<name>`;
+    `histograms`: one histogram per weight, tagged with its path (the target
+    network's weights have paths of their own, `target_*`). The online monitors
+    write their figures and attention grids themselves (`monitor/...`).
+    """
 
     def __init__(self, log_dir: str):
         self.writer = tf.summary.create_file_writer(log_dir)
@@ -139,6 +145,13 @@ class TensorBoardWriter:
         with self.writer.as_default():
             for name, value in logs.items():
                 write_scalar(f"{prefix}{name}", float(value), step=step)
+        self.writer.flush()
+
+    def histograms(self, variables, step: int) -> None:
+        """A histogram of each variable's values, tagged `weights/<path>`."""
+        with self.writer.as_default():
+            for v in variables:
+                tf.summary.histogram(f"weights/{v.path}", v.value, step=step)
         self.writer.flush()
 
     def close(self) -> None:

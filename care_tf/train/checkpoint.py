@@ -28,7 +28,7 @@ Under `MultiWorkerMirroredStrategy` every worker takes part in a save (reading
 distributed variables may need collectives), but non-chief workers write the
 model to a scratch directory they delete at once (the usual TF pattern).
 
-The model's weights are saved as a flat `{index:path: variable}` map rather
+The model's weights are saved as a flat `{index: variable}` map rather
 than through the model object: Keras 3 layers that keep sub-layers in Python
 lists (like the TransStack blocks) are invisible to `tf.train.Checkpoint`'s
 object graph, and the flat map is immune to that.
@@ -139,12 +139,42 @@ def _say(message: str) -> None:
 
 
 def weight_map(model: keras.Model) -> dict:
-    """`{"index:path": variable}` over every model weight (online, target, BN statistics).
+    """`{"index": variable}` over every model weight (online, target, BN statistics).
 
-    Paths alone are not unique (the target backbone is a clone with the same layer
-    names); `model.weights` has a fixed order for a given config.
+    Keyed by position: `model.weights` has a fixed order for a given config, while
+    paths hold layer names Keras may number (`trans_stack_1`) or that changed
+    between versions.
     """
-    return {f"{i:05d}:{v.path}": v for i, v in enumerate(model.weights)}
+    return {f"{i:05d}": v for i, v in enumerate(model.weights)}
+
+
+def _unescape(name: str) -> str:
+    """A checkpoint object name back to its dict key (tf.train writes "/" as ".S", "." as "..")."""
+    out, i = [], 0
+    while i < len(name):
+        if name[i] == "." and i + 1 < len(name):
+            out.append("/" if name[i + 1] == "S" else name[i + 1])
+            i += 2
+        else:
+            out.append(name[i])
+            i += 1
+    return "".join(out)
+
+
+def legacy_weight_map(model: keras.Model, path: str) -> dict | None:
+    """For a checkpoint keyed "index:path" (written before 2026-11-30): its keys, by index.
+
+    Returns None for a checkpoint of the current layout.
+    """
+    keys = {
+        _unescape(name.split("/")[1])
+        for name, _ in tf.train.list_variables(path)
+        if name.startswith("weights/")
+    }
+    if not any(":" in k for k in keys):
+        return None
+    weights = model.weights
+    return {k: weights[int(k.split(":", 1)[0])] for k in keys}
 
 
 class TrainCheckpoint:
@@ -191,6 +221,7 @@ class TrainCheckpoint:
         if input_position is not None and worker.is_chief:
             state["input_position"] = input_position
         self.checkpoint = tf.train.Checkpoint(**state)
+        self._model, self._state = model, state
         if worker.is_chief:
             target = self.directory
         else:  # scratch copy, deleted after each save
@@ -242,6 +273,13 @@ class TrainCheckpoint:
             return None
         return path
 
+    def _checkpoint_for(self, prefix: str) -> tf.train.Checkpoint:
+        """This run's checkpoint object, keyed as the files at `prefix` are (old or new)."""
+        legacy = legacy_weight_map(self._model, prefix)
+        if legacy is None:
+            return self.checkpoint
+        return tf.train.Checkpoint(**{**self._state, "weights": legacy})
+
     def restore_latest(self) -> int | None:
         """Restores the newest checkpoint that reads back whole; its step, None when none.
 
@@ -259,7 +297,7 @@ class TrainCheckpoint:
             reason = unreadable_reason(prefix)
             if reason is None:
                 try:
-                    self.checkpoint.restore(prefix).assert_existing_objects_matched()
+                    self._checkpoint_for(prefix).restore(prefix).assert_existing_objects_matched()
                 except (tf.errors.OpError, AssertionError, ValueError, IndexError) as e:
                     reason = f"it does not restore ({type(e).__name__}: {_first_line(e)})"
             if reason is None:

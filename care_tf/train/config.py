@@ -175,6 +175,9 @@ class TrainConfig:
         "Steps per call of the compiled train function (metrics reach the host once per "
         "call); null = 32 on TPU, 1 otherwise.",
     )
+    weight_histograms: bool = _field(
+        False, "Write a TensorBoard histogram of every weight (online and target) each epoch."
+    )
 
 
 @dataclasses.dataclass
@@ -201,6 +204,9 @@ class MonitorConfig:
     train_examples: int = _field(2048, "Labelled training examples (kNN bank / probe).")
     val_split: str = _field("test", "Split the monitors report accuracy on.")
     val_examples: int = _field(1000, "Validation examples.")
+    attention_images: int = _field(
+        8, "With the kNN monitor: a TensorBoard grid of attention maps of this many images."
+    )
 
 
 @dataclasses.dataclass

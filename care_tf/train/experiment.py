@@ -13,7 +13,7 @@ momentum schedule, data subset, augmentation draws and shuffling on both routes.
 Example:
 >>> exp = care_tf.build_experiment("configs/quickstart.yaml")
 >>> history = exp.fit()
->>> exp.model.backbone.save("backbone.keras")
+>>> exp.save("runs/quickstart")   # model.keras + backbone.keras, as the CLI writes
 """
 
 from __future__ import annotations
@@ -148,22 +148,35 @@ def make_dataset(
     )
 
 
+def labelled_split(spec: str, split: str, image_size: int, limit: int):
+    """`(dataset, source)`: the first `limit` centre-cropped (images, labels) of a split."""
+    from care_tf.data import load_source, make_eval_dataset
+
+    try:
+        source = load_source(spec, split)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"Config key 'monitor.source' ({spec!r}, split {split!r}): {e}") from e
+    if not source.labelled:
+        raise ConfigError(
+            f"The monitors need labels, and {spec!r} split {split!r} has none: set "
+            "monitor.source to a labelled source (e.g. class sub-folders for folder:/path)."
+        )
+    dataset = make_eval_dataset(
+        source, split=split, train=False, image_size=image_size, batch_size=256
+    )
+    return dataset.unbatch().take(limit).batch(256), source
+
+
 def make_monitors(cfg: Config, model_dir: str | None) -> list:
     """The online kNN / linear-probe callbacks asked for in `cfg.monitor` (may be [])."""
     mon = cfg.monitor
     if not mon.knn_every_epochs and not mon.linear_probe:
         return []
-    from care_tf.evaluate.__main__ import load_split
     from care_tf.evaluate.monitors import KNNMonitor, OnlineLinearProbe
 
     spec = mon.source or cfg.data.source
-    size = cfg.model.image_size
-    train, source, _ = load_split(
-        spec, "train", train=False, image_size=size, batch_size=256, limit=mon.train_examples
-    )
-    val, _, _ = load_split(
-        spec, mon.val_split, train=False, image_size=size, batch_size=256, limit=mon.val_examples
-    )
+    train, source = labelled_split(spec, "train", cfg.model.image_size, mon.train_examples)
+    val, _ = labelled_split(spec, mon.val_split, cfg.model.image_size, mon.val_examples)
     log_dir = None
     if model_dir is not None:
         from care_tf import model_dir as layout
@@ -178,6 +191,7 @@ def make_monitors(cfg: Config, model_dir: str | None) -> list:
                 every_n_epochs=mon.knn_every_epochs,
                 num_classes=source.num_classes,
                 log_dir=log_dir,
+                attention_images=mon.attention_images,
             )
         )
     if mon.linear_probe:
@@ -249,6 +263,16 @@ class Experiment:
             callbacks=[*self.callbacks, *stop, *(callbacks or [])],
             **kwargs,
         )
+
+    def save(self, model_dir: str) -> None:
+        """Writes `model.keras` and `backbone.keras` into `model_dir`, as the CLI does.
+
+        `backbone.keras` is a plain Keras model, images -> pooled features
+        (`care_tf.feature_extractor`); `care_tf.load_backbone(model_dir)` reads it.
+        """
+        from care_tf import model_dir as layout
+
+        layout.save_models(self.model, model_dir)
 
 
 class StopAtStep(keras.callbacks.Callback):

@@ -59,6 +59,7 @@ RESUMABLE_CHANGES = (
     "train.log_every_steps",
     "train.steps_per_execution",
     "data.service",
+    "train.weight_histograms",
     "train.strategy",
     "train.num_cpu_replicas",
     "name",
@@ -331,10 +332,8 @@ def run(
                 callback.on_epoch_end(epoch, epoch_logs)
             if csv_log is not None:
                 csv_log.write({"epoch": epoch + 1, "step": step, **epoch_logs})
-            if tb is not None:
-                extra = {k: v for k, v in epoch_logs.items() if k not in logs}
-                if extra:
-                    tb.write(extra, step, prefix="monitor/")
+            if tb is not None and cfg.train.weight_histograms:
+                tb.histograms(model.weights, step)
     bar.close()
     if start < end:
         callbacks.on_train_end(logs)
@@ -371,10 +370,7 @@ def finish(model: keras.Model, model_dir: str, result: RunResult, worker: Worker
     }
     if worker.is_chief:
         out_dir = model_dir
-        with atomic.replacing(layout.path(model_dir, layout.MODEL)) as tmp:
-            model.save(tmp)
-        with atomic.replacing(layout.path(model_dir, layout.BACKBONE)) as tmp:
-            model.backbone.save(tmp)
+        layout.save_models(model, model_dir)
     else:  # non-chief workers only report their state, for checks
         out_dir = os.path.join(
             layout.path(model_dir, layout.CHECKPOINTS), "workers", f"worker-{worker.task_id}"
