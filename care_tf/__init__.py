@@ -1,8 +1,9 @@
 """care_tf: CARE self-supervised pretraining (NeurIPS 2021) in Keras 3 / TensorFlow.
 
-The public names below are imported on first use, so the command lines answer
-`--help` without loading TensorFlow. When Keras is already imported, everything is
-imported at once (registering care_tf's layers for `keras.saving.load_model`).
+`import care_tf` imports the whole package, registering care_tf's layers so that
+`keras.saving.load_model("backbone.keras")` works. Only while a command line starts
+(`python -m care_tf.X` or a `care-*` console script) are the public names imported
+on first use, so that `--help` answers without loading TensorFlow.
 """
 
 import json as _json
@@ -73,5 +74,14 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
 
-if "keras" in _sys.modules:
+
+
+def _command_line_start() -> bool:
+    """Whether this import is a command line's start-up: while `python -m pkg.mod`
+    imports the parent packages, `sys.argv[0]` is "-m"; console scripts are `care-*`."""
+    argv0 = _sys.argv[0] if _sys.argv else ""
+    return argv0 == "-m" or _os.path.basename(argv0).startswith("care-")
+
+
+if "keras" in _sys.modules or not _command_line_start():
     _load_all(__name__, _EXPORTS)

@@ -33,14 +33,15 @@ def _python(code: str, env: dict | None = None, argv0: str | None = None):
 @pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
 def test_help_does_not_load_tensorflow(module):
     """Parsing --help imports neither TensorFlow nor Keras (it answers in well under 1 s)."""
-    # `python -m` imports the package __init__ files first, as this does.
+    # `python -m` imports the package __init__ files first (with sys.argv[0] == "-m"),
+    # as this does.
     code = (
         f"import importlib, sys\nimportlib.import_module({module.rsplit('.', 1)[0]!r})\n"
         f"{ENTRY_POINTS[module]}\n"
         "try:\n    build_parser().parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
         "print('LOADED', 'tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
-    proc = _python(code)
+    proc = _python(code, argv0="-m")
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout and "--debug" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == "LOADED False False"
@@ -58,6 +59,21 @@ def test_help_of_python_m_is_fast_and_names_itself():
     assert proc.stdout.startswith("usage: python -m care_tf.train ")
     imported = [line.split("|")[-1].strip() for line in proc.stderr.splitlines()]
     assert "care_tf.train.cli" in imported and "tensorflow" not in imported
+
+
+def test_plain_import_registers_the_layers(tmp_path):
+    """Outside a command line's start-up, `import care_tf` registers every layer, so a
+    saved care_tf model loads with plain Keras (the fine-tuning route)."""
+    code = (
+        "import care_tf, sys\n"
+        "print('LOADED', 'keras' in sys.modules)\n"
+        "import keras\n"
+        "registered = keras.saving.get_registered_object('care_tf>ResNetBackbone')\n"
+        "print('REGISTERED', registered is care_tf.ResNetBackbone)"
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["LOADED", "True", "REGISTERED", "True"]
 
 
 def test_console_script_name():
