@@ -75,7 +75,6 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
 
 
-
 def _command_line_start() -> bool:
     """Whether this import is a command line's start-up: while `python -m pkg.mod`
     imports the parent packages, `sys.argv[0]` is "-m"; console scripts are `care-*`."""

@@ -101,6 +101,6 @@ def test_torch_saved_resnet_matches_pytorch_outputs(tmp_path):
     nhwc = x.transpose(0, 2, 3, 1)
     backbone = keras.saving.load_model(out / "backbone.keras", compile=False)
     classifier = keras.saving.load_model(out / "classifier.keras", compile=False)
-    pooled = np.asarray(backbone(nhwc, training=False)["pooled"])
+    pooled = np.asarray(backbone(nhwc, training=False))
     assert _relative(pooled, features) < 1e-5
     assert _relative(np.asarray(classifier(nhwc, training=False)), logits) < 1e-5

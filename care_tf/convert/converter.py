@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from care_tf import atomic
 from care_tf import model_dir as run_dir
 from care_tf.convert import architecture as arch
 from care_tf.convert import mapping
@@ -237,18 +238,6 @@ def _default_permissions(path: str) -> None:
     os.chmod(path, 0o777 & ~umask)
 
 
-def _publish(tmp: str, out: str) -> None:
-    """Renames the finished `tmp` directory to `out` (replacing an old `out`)."""
-    old = None
-    if os.path.exists(out):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(tmp))
-        os.rmdir(old)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def convert_checkpoint(
     checkpoint: str,
     out: str,
@@ -368,6 +357,10 @@ def convert_checkpoint(
     try:
         for name, model in files.items():
             log(f"[convert] writing {name}")
+            if name == run_dir.BACKBONE:  # the plain Keras model every run has
+                from care_tf.models.backbone import feature_extractor
+
+                model = feature_extractor(model)
             model.save(os.path.join(tmp, name))
         import yaml
 
@@ -378,7 +371,7 @@ def convert_checkpoint(
         record["keras_version"] = keras.__version__
         with open(os.path.join(tmp, CONVERT_JSON), "w") as f:
             json.dump(record, f, indent=2)
-        _publish(tmp, out)
+        atomic.publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
