@@ -214,3 +214,25 @@ def test_bad_arguments():
         m = care_tf.CARE(backbone, hidden_dim=16, projection_dim=8)
         m.compile(optimizer="sgd")
         m.train_on_batch(np.zeros((2, 32, 32, 3), "float32"))
+
+
+def test_device_placement_batches_keep_their_original_sizes():
+    """(images, original sizes) batches reach the augmenter with the sizes (the fit route
+    and the CLI's compiled step share `CARE.train_step`); (images, labels) is refused."""
+    from care_tf.data import TwoViewAugment
+
+    model = tiny_care(augmenter=TwoViewAugment(32, seed=0))
+    images = tf.random.uniform((2, 48, 48, 3), maxval=256, dtype=tf.int32, seed=1)
+    images = tf.cast(images, tf.uint8)
+    sizes = tf.constant([[48, 12], [12, 48]], tf.int32)
+    views = model._views((images, sizes))  # the layer's first step: step 0
+    with_sizes = model.augmenter(images, step=0, image_sizes=sizes)
+    squashed = model.augmenter(images, step=0)
+    for got, want in zip(views, with_sizes, strict=True):
+        assert got.shape == (2, 32, 32, 3)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-6)
+    # The sizes change the crops (drawn in the original frame, not the squashed one).
+    for got, other in zip(views, squashed, strict=True):
+        assert not np.allclose(got.numpy(), other.numpy(), atol=1e-3)
+    with pytest.raises(ValueError, match="look like \\(images, labels\\)"):
+        model._views((images, tf.constant([3, 1])))

@@ -55,6 +55,19 @@ class LastValue(keras.metrics.Metric):
         return self.value * ops.ones((), self.dtype)
 
 
+def _is_images_and_sizes(data) -> bool:
+    """Whether `data` is `(images (B, R, R, C), original sizes int (B, 2))`."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        return False
+    images, sizes = data
+    return (
+        len(images.shape) == 4
+        and len(sizes.shape) == 2
+        and sizes.shape[-1] == 2
+        and tf.as_dtype(sizes.dtype).is_integer
+    )
+
+
 def _ensure_built(layer: keras.layers.Layer, input_shape: tuple) -> None:
     if not layer.built:
         layer.build(input_shape)
@@ -332,6 +345,9 @@ class CARE(keras.Model):
             if "view1" in data:
                 return data["view1"], data["view2"]
             data = data["image"]
+        if self.augmenter is not None and _is_images_and_sizes(data):
+            # Device placement: crops drawn in each image's original (height, width).
+            return self.augmenter(data[0], image_sizes=data[1], training=True)
         if isinstance(data, (tuple, list)) and any(len(d.shape) != 4 for d in data[1:]):
             shapes = ", ".join(str(tuple(d.shape)) for d in data)
             raise ValueError(

@@ -121,8 +121,9 @@ def make_dataset(
     service_job: str | None = None,
 ) -> tf.data.Dataset:
     """This worker's stream of batches of global_batch / num_workers examples, or, with
-    the `input_context` of `distribute_datasets_from_function`, of per-replica batches
-    (device placement then yields (images, original sizes)) from `start_position` on."""
+    the `input_context` of `distribute_datasets_from_function`, of per-replica batches,
+    from `start_position` on. Device placement yields (images, original sizes), which
+    `CARE.train_step` augments on the device."""
     from care_tf.data import make_pretrain_dataset
 
     context = input_context or tf.distribute.InputContext(
@@ -141,7 +142,7 @@ def make_dataset(
         cache=cfg.data.cache,
         skip_corrupt=cfg.data.skip_corrupt,
         split=cfg.data.split,
-        return_image_sizes=input_context is not None,
+        return_image_sizes=cfg.data.placement == "device",
         start_position=start_position,
         service=cfg.data.service,
         service_job=service_job,

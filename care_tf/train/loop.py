@@ -84,13 +84,7 @@ def make_step_function(
         jit_compile: compile each replica's step with XLA (static shapes; the TPU way).
     """
 
-    def replica_step(batch):
-        if model.augmenter is not None:
-            images, sizes = batch
-            view1, view2 = model.augmenter(images, image_sizes=sizes, training=True)
-            batch = {"view1": view1, "view2": view2}
-        return model.train_step(batch)
-
+    replica_step = model.train_step  # device placement: it augments (images, sizes) itself
     if jit_compile:
         replica_step = tf.function(replica_step, jit_compile=True)
 
