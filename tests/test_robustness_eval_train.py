@@ -84,9 +84,10 @@ def test_model_keras_gives_its_backbone(tmp_path):
     care = care_testing.tiny_care(num_blocks=1)
     care.save(tmp_path / "model.keras")
     backbone = evaluate.load_backbone(str(tmp_path / "model.keras"))
-    assert backbone.name == care.backbone.name and len(backbone.weights) == len(
-        care.backbone.weights
-    )
+    # The plain feature extractor (images -> pooled features) of the CARE model's backbone.
+    assert backbone.name == f"{care.backbone.name}_extractor"
+    assert len(backbone.output.shape) == 2
+    assert len(backbone.weights) == len(care.backbone.weights)
     for a, b in zip(backbone.weights, care.backbone.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert evaluate.default_out(str(tmp_path / "model.keras"), None) == str(tmp_path / "eval")
