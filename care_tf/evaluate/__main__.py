@@ -215,7 +215,7 @@ def _save_results(args, kind: str, results: dict, title: str) -> dict:
 
 
 def run_linear(args) -> dict:
-    """The METHOD.md linear probe, end to end or on extracted features."""
+    """The paper's linear probe (docs/method.md), end to end or on extracted features."""
     from care_tf.evaluate.features import extract_features
     from care_tf.evaluate.linear import (
         predict_scores,
@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     linear = sub.add_parser(
         "linear",
-        help="linear probe on the frozen backbone (METHOD.md)",
+        help="linear probe on the frozen backbone (docs/method.md)",
         description="Linear probe: Dense + BN head on frozen pooled "
         "features; SGD momentum 0.9, lr 0.2 x batch/256, cosine.",
     )
