@@ -206,6 +206,13 @@ def test_export_classifier_serves_top5_class_ids_and_scores(converted, tmp_path)
     order = np.argsort(-probabilities)[:5]
     np.testing.assert_array_equal(out["classes"].numpy()[0], order)
     np.testing.assert_allclose(out["scores"].numpy()[0], probabilities[order], rtol=1e-5)
+    # The classifier export checks its inputs as the backbone export does.
+    nan = np.full((1, 64, 64, 3), np.nan, np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN|finite"):
+        loaded.signatures["serving_default"](images=tf.constant(nan))
+    wide = np.zeros((1, 2, 400, 3), np.uint8)  # aspect ratio 200 > the default 100
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_aspect_ratio"):
+        loaded.signatures["serve_uint8"](images=tf.constant(wide))
 
 
 @pytest.mark.slow

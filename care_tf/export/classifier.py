@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from care_tf import model_dir as run_dir
 from care_tf.export import preprocess
-from care_tf.export.saved_model import BYTES_SPEC, METADATA_FILE, pixel_spec, write_warmup
+from care_tf.export.saved_model import METADATA_FILE, add_serving_functions, write_warmup
 from care_tf.export.source import (
     ExportError,
     ExportSource,
@@ -90,8 +90,11 @@ def num_classes_of(classifier) -> int:
     return int(classifier.head.output_shape[-1])
 
 
-def build_module(classifier, image_size: int, top_k: int) -> tf.Module:
-    """A tf.Module with the three serving functions returning `classes` and `scores`."""
+def build_module(classifier, image_size: int, top_k: int, limits=None) -> tf.Module:
+    """A tf.Module with the three serving functions returning `classes` and `scores`.
+
+    Inputs are checked as the backbone export's (`limits`: pixels, aspect ratio, finite).
+    """
 
     def run(images: tf.Tensor) -> dict[str, tf.Tensor]:
         logits = tf.cast(classifier(images, training=False), tf.float32)
@@ -103,28 +106,14 @@ def build_module(classifier, image_size: int, top_k: int) -> tf.Module:
 
     module = tf.Module(name="care_classifier")
     module.classifier_variables = tf_variables(classifier)
-
-    @tf.function(input_signature=[pixel_spec(tf.float32)])
-    def serve_float(images):
-        return run(preprocess.preprocess(images, image_size))
-
-    @tf.function(input_signature=[pixel_spec(tf.uint8)])
-    def serve_uint8(images):
-        return run(preprocess.preprocess(images, image_size))
-
-    @tf.function(input_signature=[BYTES_SPEC])
-    def serve_image_bytes(image_bytes):
-        return run(preprocess.preprocess_bytes(image_bytes, image_size))
-
-    module.serve_float = serve_float
-    module.serve_uint8 = serve_uint8
-    module.serve_image_bytes = serve_image_bytes
+    limits = limits or preprocess.DEFAULT_LIMITS
+    add_serving_functions(module, image_size, limits, run_pixels=run, run_bytes=run)
     return module
 
 
 def write_classifier_saved_model(classifier, source: ExportSource, path: str, top_k: int) -> dict:
     """Writes the SavedModel (with assets/care_export.json and warm-up requests) to `path`."""
-    module = build_module(classifier, source.image_size, top_k)
+    module = build_module(classifier, source.image_size, top_k, source.limits)
     outputs = {
         "classes": f"int64 (B, {top_k}) class ids, highest score first",
         "scores": f"float32 (B, {top_k}) softmax probabilities",

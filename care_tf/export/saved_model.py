@@ -54,23 +54,39 @@ def build_module(source: ExportSource, feature_maps: bool = False) -> tf.Module:
 
     module = tf.Module(name="care_backbone")
     module.backbone_variables = tf_variables(backbone)
+    add_serving_functions(
+        module,
+        size,
+        limits,
+        run_pixels=lambda images: run(images, feature_maps),
+        run_bytes=lambda images: run(images, False),
+    )
+    return module
+
+
+def add_serving_functions(module: tf.Module, image_size: int, limits, run_pixels, run_bytes):
+    """Attaches `serve_float`, `serve_uint8` and `serve_image_bytes` to `module`.
+
+    Each checks and preprocesses its input (`preprocess`: size `limits`, finite
+    pixels, resize and crop to `image_size`, normalise) and then calls `run_pixels`
+    (pixel inputs) or `run_bytes` (decoded image bytes) on the (B, S, S, 3) batch.
+    """
 
     @tf.function(input_signature=[pixel_spec(tf.float32)])
     def serve_float(images):
-        return run(preprocess.preprocess(images, size, limits), feature_maps)
+        return run_pixels(preprocess.preprocess(images, image_size, limits))
 
     @tf.function(input_signature=[pixel_spec(tf.uint8)])
     def serve_uint8(images):
-        return run(preprocess.preprocess(images, size, limits), feature_maps)
+        return run_pixels(preprocess.preprocess(images, image_size, limits))
 
     @tf.function(input_signature=[BYTES_SPEC])
     def serve_image_bytes(image_bytes):
-        return run(preprocess.preprocess_bytes(image_bytes, size, limits), False)
+        return run_bytes(preprocess.preprocess_bytes(image_bytes, image_size, limits))
 
     module.serve_float = serve_float
     module.serve_uint8 = serve_uint8
     module.serve_image_bytes = serve_image_bytes
-    return module
 
 
 def write_saved_model(
