@@ -109,6 +109,7 @@ def test_save_reload_and_continue_training(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # online, target and BN stats
 
 
+@pytest.mark.slow  # ~150 s on 2 cores; the 2-replica BN test stays in the default run
 def test_mirrored_replicas_match_one_device_with_sync_bn():
     """2 replicas x 4 images with synchronised BN (TransStack's too) == 1 device x 8 images.
 
