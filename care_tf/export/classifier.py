@@ -33,7 +33,11 @@ import tensorflow as tf
 
 from care_tf import model_dir as run_dir
 from care_tf.export import preprocess
-from care_tf.export.saved_model import METADATA_FILE, add_serving_functions, write_warmup
+from care_tf.export.saved_model import (
+    METADATA_FILE,
+    add_serving_functions,
+    save_serving_module,
+)
 from care_tf.export.source import (
     ExportError,
     ExportSource,
@@ -131,21 +135,8 @@ def write_classifier_saved_model(classifier, source: ExportSource, path: str, to
             "outputs": outputs,
         },
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        meta_path = os.path.join(tmp, METADATA_FILE)
-        with open(meta_path, "w") as f:
-            json.dump(meta, f, indent=2)
-        module.metadata_file = tf.saved_model.Asset(meta_path)
-        tf.saved_model.save(
-            module,
-            path,
-            signatures={
-                "serving_default": module.serve_float,
-                "serve_uint8": module.serve_uint8,
-                "serve_image_bytes": module.serve_image_bytes,
-            },
-        )
-    write_warmup(path, source.image_size)
+    assets = {"metadata_file": (METADATA_FILE, json.dumps(meta, indent=2))}
+    save_serving_module(module, path, source.image_size, assets)
     return meta
 
 

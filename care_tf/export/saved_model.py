@@ -118,17 +118,30 @@ def write_saved_model(
         },
         **(extra or {}),
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        meta_path = os.path.join(tmp, METADATA_FILE)
-        with open(meta_path, "w") as f:
-            json.dump(meta, f, indent=2)
-        config_path = os.path.join(tmp, CONFIG_FILE)
-        import yaml
+    import yaml
 
-        with open(config_path, "w") as f:
-            yaml.safe_dump(source.config, f, sort_keys=False)
-        module.metadata_file = tf.saved_model.Asset(meta_path)
-        module.config_file = tf.saved_model.Asset(config_path)
+    assets = {
+        "metadata_file": (METADATA_FILE, json.dumps(meta, indent=2)),
+        "config_file": (CONFIG_FILE, yaml.safe_dump(source.config, sort_keys=False)),
+    }
+    save_serving_module(module, path, source.image_size, assets)
+    return meta
+
+
+def save_serving_module(module: tf.Module, path: str, image_size: int, assets: dict) -> None:
+    """Saves `module` (with `add_serving_functions`' three signatures) to `path`.
+
+    Args:
+        assets: `{attribute: (file name, text)}`: each text is written as a file and
+            attached to the module as a `tf.saved_model.Asset` (it lands in `assets/`).
+    Also writes the TF Serving warm-up requests (`assets.extra/`).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        for attribute, (name, text) in assets.items():
+            file = os.path.join(tmp, name)
+            with open(file, "w") as f:
+                f.write(text)
+            setattr(module, attribute, tf.saved_model.Asset(file))
         tf.saved_model.save(
             module,
             path,
@@ -138,8 +151,7 @@ def write_saved_model(
                 "serve_image_bytes": module.serve_image_bytes,
             },
         )
-    write_warmup(path, source.image_size)
-    return meta
+    write_warmup(path, image_size)
 
 
 def _outputs(source: ExportSource, feature_maps: bool) -> dict[str, str]:
