@@ -3,7 +3,8 @@
     python bench/train_step.py            # ResNet-50, 224 px, batch 8, fp32
     python bench/train_step.py --quick    # ResNet-18 (base 16) at 64 px, under a minute
 
-Each mode builds a fresh model, compiles it with SGD (momentum 0.9), runs
+Each mode builds a fresh model, compiles it with `care_tf.TorchSGD` (momentum
+0.9: PyTorch's SGD, the authors' and `build_experiment`'s optimizer), runs
 `--warmup` steps (tracing / XLA compilation excluded) and then times `--steps`
 steps of `train_on_batch` on a fixed two-view batch: the full CARE step (target
 update, target forward on both views, online forward + backward of both
@@ -62,7 +63,7 @@ def time_mode(args, t_stream: bool, jit: bool, policy: str = "float32") -> dict:
     """Times one configuration; returns its figures."""
     keras.utils.set_random_seed(0)
     model = build(args, t_stream, policy)
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=jit)
+    model.compile(optimizer=care_tf.TorchSGD(0.01, momentum=0.9), jit_compile=jit)
     rng = np.random.RandomState(0)
     shape = (args.batch, args.image_size, args.image_size, 3)
     batch = (

@@ -10,6 +10,7 @@ import keras
 from keras import layers
 
 from care_tf.models.batch_norm import BatchNorm
+from care_tf.models.conv import MatmulConv2D
 from care_tf.models.registry import register_backbone
 
 # Stage depths and block type per ResNet depth.
@@ -51,11 +52,11 @@ class Subsample2D(layers.Layer):
     """Every `stride`-th row and column, from the first: `x[:, ::stride, ::stride, :]`.
 
     A 1x1 conv of stride s equals a 1x1 conv of stride 1 on the subsampled map
-    (with "same" padding a 1x1 kernel pads nothing). ResNet projections are built
-    that way because oneDNN's Conv2DBackpropFilter for 1x1 stride-2 kernels with
-    2, 4 or 8 input channels (and <= 16 outputs) corrupts the heap (SIGSEGV /
-    glibc abort) at some sizes (batch 1, or 64 px), e.g. ResNet-18 with
-    base_channels 8; see docs/troubleshooting.md.
+    (with "same" padding a 1x1 kernel pads nothing). ResNet projections from fewer
+    than 64 channels are built that way because oneDNN's Conv2DBackpropFilter for
+    1x1 stride-2 kernels with 2, 4 or 8 input channels (and <= 16 outputs) corrupts
+    the heap (SIGSEGV / glibc abort) at some sizes (batch 1, or 64 px), e.g.
+    ResNet-18 with base_channels 8; see docs/troubleshooting.md.
 
     Input: (B, H, W, C). Output: (B, ceil(H / stride), ceil(W / stride), C).
     """
@@ -78,13 +79,41 @@ class Subsample2D(layers.Layer):
         return {**super().get_config(), "stride": self.stride}
 
 
+# A 1x1 conv on a map of at most this many positions runs as a matrix product
+# (`MatmulConv2D`): 1.3x faster than oneDNN's kernels there on CPU (bench/conv_impl.py).
+MATMUL_MAX_POSITIONS = 64
+# Strided 1x1 convs with fewer input channels read a subsampled map first (`Subsample2D`):
+# oneDNN's kernel corrupts the heap at 2-8 input channels; from 64 on it is safe and 2x
+# faster than the subsampling's strided slice.
+STRIDED_1X1_MIN_CHANNELS = 64
+
+
+def use_matmul(kernel: int, height: int | None, width: int | None, stride: int = 1) -> bool:
+    """Whether a `kernel` x `kernel` conv on an (height, width) map runs as `MatmulConv2D`."""
+    if kernel != 1 or height is None or width is None:
+        return False
+    return (-(-height // stride)) * (-(-width // stride)) <= MATMUL_MAX_POSITIONS
+
+
 def conv2d(x, filters: int, kernel: int, stride: int, name: str):
     """Bias-free conv with PyTorch's symmetric padding (kernel // 2 on each side).
 
-    A strided 1x1 conv is a `Subsample2D` then a 1x1 conv (same numbers, avoids a
-    oneDNN heap corruption; see `Subsample2D`).
+    1x1 convs on small maps are `MatmulConv2D` (same weights, faster on CPU). A
+    strided 1x1 conv on fewer than `STRIDED_1X1_MIN_CHANNELS` channels is a
+    `Subsample2D` then a 1x1 conv (same numbers, avoids a oneDNN heap corruption; see
+    `Subsample2D`).
     """
-    if stride > 1 and kernel == 1:
+    height, width = x.shape[1], x.shape[2]
+    if use_matmul(kernel, height, width, stride):
+        return MatmulConv2D(
+            filters,
+            1,
+            strides=stride,
+            use_bias=False,
+            kernel_initializer=conv_initializer(),
+            name=name,
+        )(x)
+    if stride > 1 and kernel == 1 and x.shape[-1] < STRIDED_1X1_MIN_CHANNELS:
         x = Subsample2D(stride, name=f"{name}_subsample")(x)
         stride = 1
     if stride > 1 and kernel > 1:
