@@ -127,7 +127,7 @@ def test_mirrored_replicas_match_one_device_with_sync_bn():
     everywhere = {"sync_bn": True, "transformer_kwargs": {"sync_bn": True}}  # TransStack too
     single = tiny_care(**everywhere, weight_decay=1e-3)
     initial = single.get_weights()
-    single.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9))
+    single.compile(optimizer=care_tf.TorchSGD(1e-3, momentum=0.9))
     log_single = single.fit(ds.take(1), epochs=1, verbose=0).history
 
     # Reductions without collective ops: TF's collective executor is per process and
@@ -139,7 +139,7 @@ def test_mirrored_replicas_match_one_device_with_sync_bn():
     with strategy.scope():
         mirrored = tiny_care(**everywhere, weight_decay=1e-3)
         mirrored.set_weights(initial)
-        mirrored.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9))
+        mirrored.compile(optimizer=care_tf.TorchSGD(1e-3, momentum=0.9))
     log_mirrored = mirrored.fit(ds.take(1), epochs=1, verbose=0).history
     for key in log_single:
         np.testing.assert_allclose(log_single[key], log_mirrored[key], rtol=1e-5)

@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from care_testing import tiny_care
 
 from care_tf.train.config import OptimizerConfig, from_dict
 from care_tf.train.optimizers import LARS, build_optimizer, model_weight_decay
@@ -205,3 +207,60 @@ def test_torch_sgd_matches_pytorch_momentum_with_a_changing_lr():
     config = keras.saving.serialize_keras_object(opt)
     again = keras.saving.deserialize_keras_object(config)
     assert isinstance(again, TorchSGD) and again.nesterov and again.momentum == 0.9
+
+
+def _two_replicas() -> tf.distribute.MirroredStrategy:
+    # Reductions without collective ops (TF's collective executor is per process).
+    return tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
+
+
+def test_torch_sgd_fused_update_under_two_replicas():
+    """The fused kernel updates each replica's copy with the all-reduced gradient."""
+    strategy = _two_replicas()
+    w0 = np.array([[1.0, -2.0], [0.5, 3.0]], "float32")
+    with strategy.scope():
+        var = keras.Variable(w0.copy())
+        opt = TorchSGD(learning_rate=0.1, momentum=0.9, nesterov=True)
+        opt.build([var])
+    per_replica = [np.array([[0.5, 1.0], [-1.0, 2.0]], "float32") * s for s in (1.0, 3.0)]
+
+    @tf.function
+    def step():
+        def replica_fn():
+            ctx = tf.distribute.get_replica_context()
+            g = tf.where(ctx.replica_id_in_sync_group == 0, per_replica[0], per_replica[1])
+            opt.apply_gradients([(g, var)])
+
+        strategy.run(replica_fn)
+
+    w, v = w0.astype("float64"), np.zeros((2, 2))
+    for _ in range(2):
+        step()
+        g = per_replica[0] + per_replica[1]  # summed over replicas
+        v = 0.9 * v + g
+        w = w - 0.1 * (g + 0.9 * v)
+    for copy in strategy.experimental_local_results(var.value):
+        np.testing.assert_allclose(copy.numpy(), w, rtol=1e-6)
+
+
+def test_model_weight_decay_sums_to_wd_w_over_replicas():
+    """Each replica adds wd * w / replicas (x the loss scale): the all-reduced sum is wd * w."""
+    strategy = _two_replicas()
+    with strategy.scope():
+        model = tiny_care(weight_decay=0.5, t_stream=False)
+        model.compile(optimizer=keras.optimizers.LossScaleOptimizer(TorchSGD(0.1)))
+    weights = model.trainable_weights[:3]
+
+    @tf.function
+    def decayed():
+        def replica_fn():
+            zeros = [tf.zeros_like(w) for w in weights]
+            scale = model.optimizer.scale_loss(1.0)
+            return [g / scale for g in model._add_weight_decay(zeros, weights, scale)]
+
+        return [strategy.reduce("SUM", g, axis=None) for g in strategy.run(replica_fn)]
+
+    for got, w in zip(decayed(), weights, strict=True):
+        np.testing.assert_allclose(got.numpy(), 0.5 * w.numpy(), rtol=1e-6)

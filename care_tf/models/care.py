@@ -366,11 +366,22 @@ class CARE(keras.Model):
             )
         return data[0], data[1]
 
-    def _weight_decay_loss(self):
+    def _add_weight_decay(self, gradients: list, weights: list, loss_scale) -> list:
+        """g + weight_decay * w on each replica's gradient (PyTorch's coupled decay).
+
+        The gradients are of the replica's loss / replicas x the loss scale: the
+        decay term carries the same factors, so the optimizer's all-reduced, unscaled
+        gradient is sum(g) + weight_decay * w.
+        """
         if not self.weight_decay:
-            return 0.0
-        sq = [ops.sum(ops.square(ops.cast(v, "float32"))) for v in self.trainable_weights]
-        return 0.5 * self.weight_decay * ops.sum(ops.stack(sq))
+            return gradients
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        factor = tf.cast(loss_scale, "float32") * (self.weight_decay / replicas)
+        out = []
+        for g, w in zip(gradients, weights, strict=True):
+            decay = tf.cast(factor, w.dtype) * w
+            out.append(decay if g is None else g + tf.cast(decay, g.dtype))
+        return out
 
     def train_step(self, data):
         view1, view2 = self._views(data)
@@ -384,12 +395,14 @@ class CARE(keras.Model):
             online1 = self.online_outputs(view1, training=True)
             online2 = self.online_outputs(view2, training=True)
             losses = self.compute_losses(online1, online2, target1, target2)
-            total = losses["loss"] + self._weight_decay_loss()
             # Gradients are summed over replicas: scale each replica's mean loss.
-            total = total / tf.distribute.get_strategy().num_replicas_in_sync
+            total = losses["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
             total = self.optimizer.scale_loss(total)
         weights = self.trainable_weights
         gradients = tape.gradient(total, weights)
+        # Added to the gradients rather than as 0.5 wd |w|^2 to the loss: the same
+        # update, one term less for the tape to accumulate per weight.
+        gradients = self._add_weight_decay(gradients, weights, self.optimizer.scale_loss(1.0))
         self.optimizer.apply_gradients(zip(gradients, weights, strict=True))
         self.steps.assign_add(1)
         return self._update_metrics(losses, momentum)

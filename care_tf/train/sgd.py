@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
+
+
+def _handle(variable):
+    """The resource handle of a Keras or tf.Variable (this replica's, under a strategy)."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return variable.handle
 
 
 @keras.saving.register_keras_serializable(package="care_tf")
@@ -44,9 +52,22 @@ class TorchSGD(keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)
-        g = ops.cast(gradient, variable.dtype)
         v = self.momentums[self._get_variable_index(variable)]
         momentum = ops.cast(self.momentum, variable.dtype)
+        if not isinstance(gradient, tf.IndexedSlices):
+            # One fused kernel: accum <- momentum * accum + g; var <- var - lr * accum
+            # (with Nesterov: var <- var - lr * (g + momentum * accum)), PyTorch's update.
+            tf.raw_ops.ResourceApplyMomentum(
+                var=_handle(variable),
+                accum=_handle(v),
+                lr=lr,
+                grad=tf.cast(gradient, variable.dtype),
+                momentum=momentum,
+                use_locking=False,
+                use_nesterov=self.nesterov,
+            )
+            return
+        g = ops.cast(gradient, variable.dtype)
         self.assign(v, momentum * v + g)
         step = g + momentum * v if self.nesterov else v
         self.assign_sub(variable, lr * step)
