@@ -59,8 +59,8 @@ def build(args, t_stream: bool, policy: str) -> care_tf.CARE:
     )
 
 
-def time_mode(args, t_stream: bool, jit: bool, policy: str = "float32") -> dict:
-    """Times one configuration; returns its figures."""
+def compiled_model_and_batch(args, t_stream: bool, jit: bool, policy: str = "float32"):
+    """A fresh compiled model and the fixed two-view batch it is timed on."""
     keras.utils.set_random_seed(0)
     model = build(args, t_stream, policy)
     model.compile(optimizer=care_tf.TorchSGD(0.01, momentum=0.9), jit_compile=jit)
@@ -70,6 +70,30 @@ def time_mode(args, t_stream: bool, jit: bool, policy: str = "float32") -> dict:
         tf.constant(rng.randn(*shape).astype("float32")),
         tf.constant(rng.randn(*shape).astype("float32")),
     )
+    return model, batch
+
+
+def serve(args) -> None:
+    """The `care` mode one step at a time, for `bench/side_by_side.py`.
+
+    Warms up, prints `{"ready": ...}`, then for each line read from stdin runs one
+    training step and prints `{"step_s": wall seconds, "cpu_s": CPU seconds}`.
+    """
+    model, batch = compiled_model_and_batch(args, t_stream=True, jit=False)
+    for _ in range(args.warmup):
+        model.train_on_batch(batch)
+    print(json.dumps({"ready": "care_tf", "batch": args.batch}), flush=True)
+    for _ in sys.stdin:
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        logs = model.train_on_batch(batch, return_dict=True)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        assert np.isfinite(logs["loss"]), logs
+        print(json.dumps({"step_s": wall, "cpu_s": cpu}), flush=True)
+
+
+def time_mode(args, t_stream: bool, jit: bool, policy: str = "float32") -> dict:
+    """Times one configuration; returns its figures."""
+    model, batch = compiled_model_and_batch(args, t_stream, jit, policy)
     t0 = time.perf_counter()
     for _ in range(args.warmup):
         model.train_on_batch(batch)
@@ -120,6 +144,9 @@ def main(argv=None) -> dict:
         default="care,care_1thread,byol,care_xla",
         help="comma list of care, care_1thread, care_xla, byol, byol_xla, care_bf16",
     )
+    parser.add_argument(
+        "--serve", action="store_true", help="run `care` steps on request (bench/side_by_side.py)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.preset, args.image_size, args.base_channels = "resnet18", 64, 16
@@ -128,6 +155,9 @@ def main(argv=None) -> dict:
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    if args.serve:
+        serve(args)
+        return {}
 
     modes = {
         "care": dict(t_stream=True, jit=False),

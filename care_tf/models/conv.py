@@ -1,12 +1,12 @@
 """A Conv2D computed as one matrix product (im2col), for convolutions oneDNN runs slowly.
 
-On CPU, TensorFlow's oneDNN convolutions reach about half the speed of a matrix
-product for two kinds of convolution in CARE (one thread, batch 8, fp32, forward +
-backward, `bench/conv_impl.py`): 1x1 convolutions on maps of 8x8 or fewer positions
-(ResNet-50's stage 4, the TransStack's blocks 2-5: 1.3x faster as a product) and
-the TransStack's 3x3 stride-2 shortcut from 1024 to 2048 channels (2.3x). The
-layer below is `keras.layers.Conv2D` with the same weights and config; only the
-arithmetic's order differs (float32 round-off).
+On CPU, TensorFlow's oneDNN convolutions are slower than one matrix product for two
+kinds of convolution in CARE (one thread, batch 8, fp32, forward + backward,
+`bench/conv_impl.py`): 1x1 stride-1 convolutions on maps of 8x8 or fewer positions
+(ResNet-50's stage 4, the TransStack's blocks 2-5: 1.1-1.2x faster as a product) and
+the TransStack's 3x3 stride-2 shortcut from 1024 to 2048 channels (2.1x, a fifth of
+the whole step before). The layer below is `keras.layers.Conv2D` with the same weights
+and config; only the arithmetic's order differs (float32 round-off).
 """
 
 from __future__ import annotations

@@ -79,8 +79,8 @@ class Subsample2D(layers.Layer):
         return {**super().get_config(), "stride": self.stride}
 
 
-# A 1x1 conv on a map of at most this many positions runs as a matrix product
-# (`MatmulConv2D`): 1.3x faster than oneDNN's kernels there on CPU (bench/conv_impl.py).
+# A 1x1 stride-1 conv on a map of at most this many positions runs as a matrix product
+# (`MatmulConv2D`): 1.1-1.2x faster than oneDNN's kernels there on CPU (bench/conv_impl.py).
 MATMUL_MAX_POSITIONS = 64
 # Strided 1x1 convs with fewer input channels read a subsampled map first (`Subsample2D`):
 # oneDNN's kernel corrupts the heap at 2-8 input channels; from 64 on it is safe and 2x
@@ -89,16 +89,20 @@ STRIDED_1X1_MIN_CHANNELS = 64
 
 
 def use_matmul(kernel: int, height: int | None, width: int | None, stride: int = 1) -> bool:
-    """Whether a `kernel` x `kernel` conv on an (height, width) map runs as `MatmulConv2D`."""
-    if kernel != 1 or height is None or width is None:
+    """Whether a `kernel` x `kernel` conv on an (height, width) map runs as `MatmulConv2D`.
+
+    1x1 stride-1 convs on maps of at most `MATMUL_MAX_POSITIONS` positions; strided
+    1x1 convs stay oneDNN's (its strided kernel beats slicing + product, 0.9x).
+    """
+    if kernel != 1 or stride != 1 or height is None or width is None:
         return False
-    return (-(-height // stride)) * (-(-width // stride)) <= MATMUL_MAX_POSITIONS
+    return height * width <= MATMUL_MAX_POSITIONS
 
 
 def conv2d(x, filters: int, kernel: int, stride: int, name: str):
     """Bias-free conv with PyTorch's symmetric padding (kernel // 2 on each side).
 
-    1x1 convs on small maps are `MatmulConv2D` (same weights, faster on CPU). A
+    1x1 stride-1 convs on small maps are `MatmulConv2D` (same weights, faster on CPU). A
     strided 1x1 conv on fewer than `STRIDED_1X1_MIN_CHANNELS` channels is a
     `Subsample2D` then a 1x1 conv (same numbers, avoids a oneDNN heap corruption; see
     `Subsample2D`).

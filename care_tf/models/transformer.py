@@ -163,7 +163,7 @@ class BoTBlock(keras.layers.Layer):
         self.project_shortcut = self.downsample or in_channels != self.out_channels
         if self.project_shortcut:
             self.shortcut_pad = layers.ZeroPadding2D(1, dtype=dt, name="shortcut_pad")
-            # 3x3 stride 2 as one matrix product: 2.3x faster than oneDNN on CPU at
+            # 3x3 stride 2 as one matrix product: 2.1x faster than oneDNN on CPU at
             # ResNet-50 sizes (bench/conv_impl.py); stride 1 stays a Conv2D.
             self.shortcut_conv = _conv(
                 self.out_channels, 3, "shortcut_conv", dt, stride, matmul=stride > 1
