@@ -83,7 +83,7 @@ class Subsample2D(layers.Layer):
 # (`MatmulConv2D`): 1.1-1.2x faster than oneDNN's kernels there on CPU (bench/conv_impl.py).
 MATMUL_MAX_POSITIONS = 64
 # Strided 1x1 convs with fewer input channels read a subsampled map first (`Subsample2D`):
-# oneDNN's kernel corrupts the heap at 2-8 input channels; from 64 on it is safe and 2x
+# oneDNN's kernel corrupts the heap at 2-8 input channels; from 64 on it is safe and 1.4-2x
 # faster than the subsampling's strided slice.
 STRIDED_1X1_MIN_CHANNELS = 64
 

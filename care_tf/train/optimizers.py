@@ -135,7 +135,7 @@ def excludes_bias_and_norm(cfg: OptimizerConfig) -> bool:
 
 
 def model_weight_decay(cfg: OptimizerConfig) -> float:
-    """The coupled L2 the CARE model adds to its loss: sgd's decay (paper), 0 otherwise.
+    """The coupled L2 the CARE model adds to its gradients: sgd's decay (paper), 0 otherwise.
 
     SGD's weight decay is applied by the model (`CARE(weight_decay=...)`: g + wd * w on
     every online weight, PyTorch semantics); the other optimizers apply their own.
@@ -158,7 +158,7 @@ def build_optimizer(
     one_d = [v for v in (variables or []) if len(v.shape) <= 1]
     if cfg.name == "sgd":
         # PyTorch's momentum convention (lr outside the velocity), as the paper's code.
-        # Weight decay is in the model's loss (model_weight_decay): not set here.
+        # Weight decay is added by the model (model_weight_decay): not set here.
         return TorchSGD(momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
     if cfg.name == "lars":
         return LARS(
