@@ -49,8 +49,8 @@ def test_fit_on_fashion_mnist_loss_falls(fmnist_small):
 def test_jit_compile_train_step_matches_eager_losses():
     rng = np.random.RandomState(0)
     x1, x2 = rng.randn(8, 32, 32, 3).astype("float32"), rng.randn(8, 32, 32, 3).astype("float32")
-    model = tiny_care()
-    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=True)
+    model = tiny_care(weight_decay=1e-4)  # MatmulConv2D, fused TorchSGD update, decay in XLA
+    model.compile(optimizer=care_tf.TorchSGD(0.05, momentum=0.9), jit_compile=True)
     # Step 0: the target is an exact copy, so eager outputs give the step's losses.
     t1, t2 = model.target_outputs(x1), model.target_outputs(x2)
     want = model.compute_losses(model.online_outputs(x1), model.online_outputs(x2), t1, t2)
