@@ -40,3 +40,15 @@ def load_all(package: str, exports: dict[str, str]) -> None:
     """Imports every module of `exports` now (registers their Keras classes)."""
     for module in dict.fromkeys(exports.values()):
         importlib.import_module(module)
+
+
+def lazy_package(package: str, exports: dict[str, str]) -> None:
+    """Makes subpackage `package` re-export `exports` lazily: sets its `__all__`,
+    `__getattr__` and `__dir__`. When Keras is already loaded (a program, not a
+    command line's start-up) it then imports every module, so the package's Keras
+    classes are registered for deserialising."""
+    module = sys.modules[package]
+    module.__all__ = sorted(exports)
+    module.__getattr__, module.__dir__ = lazy_exports(package, exports)
+    if "keras" in sys.modules:
+        load_all(package, exports)

@@ -8,10 +8,7 @@ Names are imported on first use (see care_tf/_lazy.py), so
 `python -m care_tf.data.make_tfrecords --help` answers without loading TensorFlow.
 """
 
-import sys as _sys
-
-from care_tf._lazy import lazy_exports as _lazy_exports
-from care_tf._lazy import load_all as _load_all
+from care_tf._lazy import lazy_package as _lazy_package
 
 _EXPORTS = {
     "Source": "care_tf.data.sources",
@@ -22,8 +19,4 @@ _EXPORTS = {
     "make_eval_dataset": "care_tf.data.eval_pipeline",
     "make_pretrain_dataset": "care_tf.data.pipeline",
 }
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
-
-if "keras" in _sys.modules:
-    _load_all(__name__, _EXPORTS)
+_lazy_package(__name__, _EXPORTS)

@@ -4,10 +4,7 @@ Command line: `python -m care_tf.evaluate {linear,knn,attention} --help` (see
 docs/evaluation.md). Names are imported on first use (see care_tf/_lazy.py).
 """
 
-import sys as _sys
-
-from care_tf._lazy import lazy_exports as _lazy_exports
-from care_tf._lazy import load_all as _load_all
+from care_tf._lazy import lazy_package as _lazy_package
 
 _EXPORTS = {
     "attention_maps": "care_tf.evaluate.attention",
@@ -26,8 +23,4 @@ _EXPORTS = {
     "plot_confusion_matrix": "care_tf.evaluate.report",
     "write_json": "care_tf.evaluate.report",
 }
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
-
-if "keras" in _sys.modules:
-    _load_all(__name__, _EXPORTS)
+_lazy_package(__name__, _EXPORTS)

@@ -5,10 +5,7 @@ care_tf.train` can parse its arguments and split the CPU into logical devices
 before TensorFlow initialises its runtime.
 """
 
-import sys as _sys
-
-from care_tf._lazy import lazy_exports as _lazy_exports
-from care_tf._lazy import load_all as _load_all
+from care_tf._lazy import lazy_package as _lazy_package
 
 _EXPORTS = {
     "Config": "care_tf.train.config",
@@ -20,8 +17,4 @@ _EXPORTS = {
     "build_optimizer": "care_tf.train.optimizers",
     "WarmupCosine": "care_tf.train.schedules",
 }
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
-
-if "keras" in _sys.modules:
-    _load_all(__name__, _EXPORTS)
+_lazy_package(__name__, _EXPORTS)
