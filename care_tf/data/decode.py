@@ -77,6 +77,20 @@ def try_decode(name: tf.Tensor, data: tf.Tensor, label: tf.Tensor, read: bool):
     return good.concatenate(bad).take(1)
 
 
+def assert_decoded(name: tf.Tensor, image: tf.Tensor, ok: tf.Tensor) -> tf.Tensor:
+    """`image`, after an assertion that fails naming the file when `ok` is False."""
+    assertion = tf.debugging.Assert(
+        ok,
+        [
+            "care_tf.data: cannot decode image (corrupt, truncated, empty or not an image; "
+            "pass skip_corrupt=True to skip such files):",
+            name,
+        ],
+    )
+    with tf.control_dependencies([assertion]):
+        return tf.identity(image)
+
+
 def decode_dataset(
     ds: tf.data.Dataset, skip_corrupt: bool = False, read_files: bool = False
 ) -> tf.data.Dataset:
@@ -119,20 +133,5 @@ def decode_dataset(
 
         ds = ds.scan(tf.constant(0, tf.int64), count).filter(lambda n, i, y, ok: ok)
     else:
-
-        def check(name, image, label, ok):
-            assertion = tf.debugging.Assert(
-                ok,
-                [
-                    "care_tf.data: cannot decode image (corrupt, truncated, empty or not "
-                    "an image; pass skip_corrupt=True to skip such files):",
-                    name,
-                ],
-            )
-            with tf.control_dependencies([assertion]):
-                return tf.identity(image), label
-
-        return ds.map(
-            lambda n, i, y, ok: dict(zip(("image", "label"), check(n, i, y, ok), strict=True))
-        )
+        return ds.map(lambda n, i, y, ok: {"image": assert_decoded(n, i, ok), "label": y})
     return ds.map(lambda n, image, label, ok: {"image": image, "label": label})

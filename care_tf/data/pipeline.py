@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from care_tf.data.augment import TwoViewAugment
-from care_tf.data.decode import try_decode
+from care_tf.data.decode import assert_decoded, try_decode
 from care_tf.data.sources import Source, load_source, pipeline_of
 
 PLACEMENTS = ("host", "device")
@@ -46,16 +46,7 @@ def _decoded(ds: tf.data.Dataset, kind: str) -> tf.data.Dataset:
 
 
 def _fail_on_corrupt(k, name, image, label, ok):
-    check = tf.debugging.Assert(
-        ok,
-        [
-            "care_tf.data: cannot decode image (corrupt, truncated, empty or not an image; "
-            "pass skip_corrupt=True to skip such files):",
-            name,
-        ],
-    )
-    with tf.control_dependencies([check]):
-        return k, name, tf.identity(image), label, ok
+    return k, name, assert_decoded(name, image, ok), label, ok
 
 
 def _replace_corrupt(count, batch):
