@@ -30,7 +30,7 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from train_step import build, cpu_model  # noqa: E402
+from train_step import add_model_arguments, build, cpu_model, use_quick_model  # noqa: E402
 
 import care_tf  # noqa: E402
 
@@ -76,18 +76,12 @@ def trace_ops(logdir: str) -> list[tuple[str, str, float]]:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small model, under a minute")
-    parser.add_argument("--preset", default="resnet50")
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--base_channels", type=int, default=None)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=2)
+    add_model_arguments(parser, steps=2)
     parser.add_argument("--threads", type=int, default=1, help="0 = TF's default pools")
     parser.add_argument("--top", type=int, default=25, help="op types and ops to print")
     args = parser.parse_args(argv)
     if args.quick:
-        args.preset, args.image_size, args.base_channels = "resnet18", 64, 16
+        use_quick_model(args)
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)

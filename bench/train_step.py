@@ -127,15 +127,25 @@ def one_thread(args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])["care"]
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
+    """The model, batch and step options shared by the step benchmarks."""
     parser.add_argument("--quick", action="store_true", help="small model, under a minute")
     parser.add_argument("--preset", default="resnet50")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--base_channels", type=int, default=None)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--warmup", type=int, default=2)
+
+
+def use_quick_model(args) -> None:
+    """`--quick`'s model: ResNet-18 at base width 16, 64 px."""
+    args.preset, args.image_size, args.base_channels = "resnet18", 64, 16
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser, steps=5)
     parser.add_argument(
         "--threads", type=int, default=0, help="intra- and inter-op threads (0 = TF's default)"
     )
@@ -149,7 +159,7 @@ def main(argv=None) -> dict:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.preset, args.image_size, args.base_channels = "resnet18", 64, 16
+        use_quick_model(args)
         args.steps, args.warmup = 3, 1
         args.modes = "care,care_1thread,byol"
     if args.threads:
