@@ -146,12 +146,8 @@ def test_target_update_follows_cosine_schedule(model, step):
         for v in layer.weights:
             v.assign(v.numpy() + rng.normal(0, 0.1, v.shape).astype("float32"))
     model.steps.assign(step)
-    pairs = [
-        (o, t)
-        for online, target in model._online_target_pairs()
-        for o, t in zip(online.weights, target.weights, strict=True)
-        if o.trainable
-    ]
+    pairs = model.ema_pairs()
+    assert pairs and all(o.trainable and not t.trainable for o, t in pairs)
     before = [(o.numpy(), t.numpy()) for o, t in pairs]
     logs = model.train_on_batch(views(seed=1), return_dict=True)  # lr = 0: online unchanged
     m = 1 - (1 - 0.99) * (np.cos(np.pi * step / K) + 1) / 2

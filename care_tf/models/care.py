@@ -249,6 +249,16 @@ class CARE(keras.Model):
         """The momentum copies (no predictors)."""
         return [target for _, target in self._online_target_pairs()]
 
+    def ema_pairs(self) -> list[tuple[keras.Variable, keras.Variable]]:
+        """(online, target) weight pairs the momentum update moves: the target
+        counterparts of the online trainable weights (BN moving statistics are not)."""
+        return [
+            (o, t)
+            for online, target in self._online_target_pairs()
+            for o, t in zip(online.weights, target.weights, strict=True)
+            if o.trainable
+        ]
+
     @property
     def metrics(self):
         return list(self._trackers.values())
@@ -317,16 +327,13 @@ class CARE(keras.Model):
 
     def update_target(self, momentum) -> None:
         """target <- m * target + (1 - m) * online over trainable weights, on every replica."""
-        pairs = [
-            (t.value, o.value)
-            for online, target in self._online_target_pairs()
-            for o, t in zip(online.weights, target.weights, strict=True)
-            if o.trainable
-        ]
+        pairs = [(t.value, o.value) for o, t in self.ema_pairs()]
 
         def ema(var, online_value, m):
-            m = tf.cast(m, var.dtype)
-            return var.assign(m * var + (1.0 - m) * tf.cast(online_value, var.dtype))
+            # var - (1 - m) (var - online), in one fused update of the variable.
+            step = tf.cast(1.0 - m, var.dtype)
+            delta = var.read_value() - tf.cast(online_value, var.dtype)
+            return tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=step, delta=delta)
 
         def apply(strategy, m):
             for target_var, online_var in pairs:
@@ -379,8 +386,14 @@ class CARE(keras.Model):
         factor = tf.cast(loss_scale, "float32") * (self.weight_decay / replicas)
         out = []
         for g, w in zip(gradients, weights, strict=True):
-            decay = tf.cast(factor, w.dtype) * w
-            out.append(decay if g is None else g + tf.cast(decay, g.dtype))
+            if g is None:
+                out.append(tf.cast(factor, w.dtype) * w)
+                continue
+            # g - (-wd w), not g + wd w: grappler folds an add into the tape's sum of the
+            # two views' gradients, and a three-term sum is rewritten to accumulate in a
+            # temporary variable (zero-fill, assign, three assign-adds: slower).
+            negative = tf.cast(-factor, w.dtype) * w
+            out.append(tf.math.subtract(g, tf.cast(negative, g.dtype)))
         return out
 
     def train_step(self, data):

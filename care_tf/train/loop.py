@@ -349,7 +349,9 @@ def run(
 
 def finish(model: keras.Model, model_dir: str, result: RunResult, worker: WorkerInfo) -> None:
     """Writes the final model, the backbone alone and `train_state.json` (chief)."""
-    target = [w for layer in model.target_layers for w in layer.weights]
+    # The weights every replica and worker holds identically: BN moving statistics
+    # are per replica in the TransStack (as the authors'), so they are left out.
+    target = [t for _, t in model.ema_pairs()]
     state = {
         "step": result.step,
         "epoch": result.epoch,
