@@ -9,6 +9,7 @@ version = {}
 exec((HERE / "care_tf" / "version.py").read_text(), version)
 
 TF_VERSION = "2.21.0"
+TRANSFER = ["keras-hub==0.32.0", "tensorflow-text==2.21.1", "pycocotools==2.0.11"]
 
 setup(
     name="care_tf",
@@ -37,10 +38,15 @@ setup(
         # tensorflow-tpu trails the main release on PyPI (2.20 when 2.21 shipped).
         "tpu": ["tensorflow-tpu>=2.20,<2.22"],
         "data": ["tensorflow-datasets==4.9.10"],
+        # Transfer (fine-tuning, detection, segmentation) builds keras-hub task models and
+        # scores boxes with pycocotools. keras-hub's tensorflow-text pulls the `tensorflow`
+        # wheel of the same release beside tensorflow-cpu (same files, same version).
+        "transfer": TRANSFER,
         "test": [
             "pytest>=8",
             "ruff>=0.6",
             "tensorflow-datasets==4.9.10",
+            *TRANSFER,
             "scikit-learn>=1.4",
             "scikit-image>=0.22",
             "nbformat>=5.9",
