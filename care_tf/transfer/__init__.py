@@ -1,0 +1,1 @@
+"""Transfer of a CARE backbone to keras-hub tasks (classification, detection, segmentation)."""
