@@ -6,6 +6,8 @@
     python -m care_tf.evaluate knn --model_dir runs/care --dataset fashion_mnist --limit 5000
     python -m care_tf.evaluate attention --model_dir runs/byol --model_dir runs/care \
         --dataset fashion_mnist --num_images 8
+    python -m care_tf.evaluate detect --model_dir runs/care --dataset coco:data/scenes
+    python -m care_tf.evaluate segment --model_dir runs/care --dataset coco:data/scenes
 
 Results go to `--out` (default `MODEL_DIR/eval/`): `linear.json` or `knn.json`,
 `linear_confusion.png` / `knn_confusion.png`, `attention.png`; a run with `--limit N`
@@ -372,15 +374,30 @@ def run_attention(args) -> dict:
     }
 
 
+def run_detect(args) -> dict:
+    """RetinaNet transfer: COCO box AP (care_tf/transfer/commands.py)."""
+    from care_tf.transfer.commands import run_detect as run
+
+    return run(args, out=default_out(args.model_dir, args.out))
+
+
+def run_segment(args) -> dict:
+    """DeepLabV3+ transfer: mean IoU (care_tf/transfer/commands.py)."""
+    from care_tf.transfer.commands import run_segment as run
+
+    return run(args, out=default_out(args.model_dir, args.out))
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog_name("care_tf.evaluate"),
-        description="Evaluate a pretrained CARE backbone: linear probe, kNN, attention maps.",
+        description="Evaluate a pretrained CARE backbone: linear probe, kNN, attention maps, "
+        "detection and segmentation transfer.",
     )
     add_debug_flag(parser)
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{linear,knn,attention,classifier}"
+        dest="command", required=True, metavar="{linear,knn,attention,classifier,detect,segment}"
     )
 
     def data_args(p, splits=True):
@@ -508,6 +525,57 @@ def build_parser() -> argparse.ArgumentParser:
     attention.add_argument(
         "--out", default=None, help="PNG path (default: LAST_MODEL_DIR/eval/attention.png)"
     )
+    for kind, help_text, description in (
+        (
+            "detect",
+            "fine-tune a keras-hub RetinaNet on the backbone; COCO box AP (docs/transfer.md)",
+            "RetinaNet (FPN P3-P7) on the run's backbone, fine-tuned on a COCO-format "
+            "dataset; box AP, AP50, AP75 from pycocotools.",
+        ),
+        (
+            "segment",
+            "fine-tune a keras-hub DeepLabV3+ on the backbone; mean IoU (docs/transfer.md)",
+            "DeepLabV3+ (ASPP on P5, decoder on P2) on the run's backbone, fine-tuned on "
+            "the masks of a COCO-format dataset; mean IoU with background.",
+        ),
+    ):
+        p = sub.add_parser(kind, help=help_text, description=description)
+        p.add_argument(
+            "--model_dir", required=True, help="training run directory or its backbone.keras"
+        )
+        p.add_argument(
+            "--dataset",
+            required=True,
+            help="coco:ROOT with ROOT/SPLIT/instances.json (python -m "
+            "care_tf.transfer.make_scenes) or ROOT/annotations/instances_SPLIT.json; tfds:NAME",
+        )
+        p.add_argument("--data_dir", default=None, help="TFDS data dir (tfds:NAME)")
+        p.add_argument("--train_split", default="train", help="split to fine-tune on (train)")
+        p.add_argument("--eval_split", default="test", help="split to score (default: test)")
+        p.add_argument(
+            "--image_size", type=int, default=128, help="square input side, px (default: 128)"
+        )
+        p.add_argument("--batch_size", type=int, default=8, help="batch size (default: 8)")
+        p.add_argument("--epochs", type=int, default=12, help="epochs (default: 12)")
+        p.add_argument(
+            "--steps_per_epoch", type=int, default=None, help="steps per epoch (default: all)"
+        )
+        p.add_argument("--lr", type=float, default=1e-4, help="peak Adam lr (default: 1e-4)")
+        p.add_argument(
+            "--freeze_backbone", action="store_true", help="train only the task's own layers"
+        )
+        if kind == "detect":
+            p.add_argument(
+                "--head_convs", type=int, default=4, help="convs per RetinaNet head (default: 4)"
+            )
+        p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+        p.add_argument(
+            "--limit", type=int, default=None, help="use the first N images of each split"
+        )
+        p.add_argument(
+            "--out", default=None, help="output directory or .json path (default: MODEL_DIR/eval/)"
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -516,6 +584,8 @@ COMMANDS = {
     "knn": run_knn,
     "attention": run_attention,
     "classifier": run_classifier,
+    "detect": run_detect,
+    "segment": run_segment,
 }
 
 
@@ -537,6 +607,8 @@ def _report(args) -> int:
             f"{args.command}: top-1 {100 * results['top1']:.2f}%  "
             f"top-5 {100 * results['top5']:.2f}%  ({results['num_examples']} examples)"
         )
+    if "summary" in results:
+        print(results["summary"])
     for name, path in results.get("paths", {}).items():
         print(f"{name}: {path}")
     return 0

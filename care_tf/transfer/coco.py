@@ -353,3 +353,39 @@ def segmentation_dataset(
     masks = tf.data.Dataset.range(len(coco)).map(load_mask)
     ds = tf.data.Dataset.zip((_image_dataset(coco, image_size), masks))
     return _finish(ds, batch_size, shuffle, seed, len(coco))
+
+
+def subset(coco: CocoSet, limit: int) -> CocoSet:
+    """The first `limit` images of `coco` (file order) and their annotations."""
+    images = coco.images[:limit]
+    keep = {im["id"] for im in images}
+    data = dict(
+        coco.data,
+        images=images,
+        annotations=[a for a in coco.data["annotations"] if a["image_id"] in keep],
+    )
+    annotations = {i: coco.annotations[i] for i in keep}
+    return dataclasses.replace(coco, images=images, annotations=annotations, data=data)
+
+
+def split_files(root: str, split: str) -> tuple[str, str]:
+    """(instances JSON, images folder) of `split` under a COCO-format dataset folder.
+
+    Two layouts are recognised: `ROOT/SPLIT/instances.json` with file names relative to
+    `ROOT/SPLIT` (what `make_scenes` writes), and COCO 2017's
+    `ROOT/annotations/instances_SPLIT.json` with images in `ROOT/SPLIT/`.
+
+    Raises:
+        CocoFormatError: neither layout is there.
+    """
+    candidates = [
+        (os.path.join(root, split, "instances.json"), os.path.join(root, split)),
+        (os.path.join(root, "annotations", f"instances_{split}.json"), os.path.join(root, split)),
+    ]
+    for json_path, images_dir in candidates:
+        if os.path.isfile(json_path):
+            return json_path, images_dir
+    raise CocoFormatError(
+        f"{root}: no split {split!r}: expected {candidates[0][0]} or {candidates[1][0]} "
+        "(check --dataset and the split names)."
+    )

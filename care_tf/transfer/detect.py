@@ -206,3 +206,58 @@ def box_ap(ground_truth: dict, detections: list[dict]) -> dict:
         evaluator.accumulate()
         evaluator.summarize()
     return {n: float(v) for n, v in zip(names, np.asarray(evaluator.stats)[:6], strict=True)}
+
+
+def evaluate_detection(
+    backbone: keras.Model,
+    train,
+    test,
+    *,
+    image_size: int = 128,
+    batch_size: int = 8,
+    epochs: int = 12,
+    steps_per_epoch: int | None = None,
+    learning_rate: float = LEARNING_RATE,
+    head_convs: int = 4,
+    freeze_backbone: bool = False,
+    seed: int = 0,
+    verbose: int | str = 0,
+) -> dict:
+    """Builds a RetinaNet on `backbone`, fine-tunes it on `train` and scores it on `test`.
+
+    Args:
+        backbone: keras_hub.models.ResNetBackbone (trained in place unless frozen).
+        train, test: `care_tf.transfer.coco.CocoSet`s with the same categories.
+        image_size: int. Square input side in px (images are resized to it).
+        Others: see `build_detector` and `fine_tune_detector`.
+
+    Returns:
+        {"ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "num_detections",
+        "history"}.
+    """
+    from care_tf.transfer.coco import detection_dataset
+
+    if train.category_ids != test.category_ids:
+        raise ValueError(
+            f"{train.annotations_path} and {test.annotations_path} list different categories "
+            f"({train.category_ids} vs {test.category_ids}); use the same category table."
+        )
+    keras.utils.set_random_seed(seed)
+    detector = build_detector(
+        backbone, train.num_classes, head_convs=head_convs, freeze_backbone=freeze_backbone
+    )
+    data = detection_dataset(train, image_size, batch_size, shuffle=True, seed=seed)
+    history = fine_tune_detector(
+        detector,
+        data,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        learning_rate=learning_rate,
+        verbose=verbose,
+    )
+    detections = predict_detections(detector, test, image_size, batch_size)
+    return {
+        **box_ap(test.data, detections),
+        "num_detections": len(detections),
+        "history": history,
+    }

@@ -17,7 +17,8 @@ Layout written (atomically: built aside, then renamed into place):
     OUT/test/images/000000.png ...    OUT/test/instances.json
 
 Annotations carry exact `bbox` [x, y, w, h], `area` (mask pixels), an RLE `segmentation`,
-and, beyond COCO, `source_index` (the garment's index in its Fashion-MNIST split).
+and, beyond COCO, `source_index` (the garment's index in its Fashion-MNIST split) and
+`scaled_size` (its side after scaling, px).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def make_scene(
 
     Returns:
         `(canvas uint8 (canvas, canvas), objects)`; each object holds `label`,
-        `source_index`, `box` (y0, x0, y1, x1) exclusive ends, `mask` bool (canvas, canvas).
+        `source_index`, `size` (scaled side), `box` (y0, x0, y1, x1) exclusive ends,
+        `mask` bool (canvas, canvas).
     """
     rng = np.random.default_rng([spec.seed, _SPLIT_KEYS[split], index])
     canvas = np.zeros((spec.canvas, spec.canvas), np.uint8)
@@ -123,7 +125,13 @@ def make_scene(
         canvas[mask] = garment[top : top + height, left : left + width][crop]
         boxes.append(box)
         objects.append(
-            {"label": int(labels[source]), "source_index": source, "box": box, "mask": mask}
+            {
+                "label": int(labels[source]),
+                "source_index": source,
+                "size": size,
+                "box": box,
+                "mask": mask,
+            }
         )
     return canvas, objects
 
@@ -172,6 +180,7 @@ def scenes_coco(
                     "iscrowd": 0,
                     "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
                     "source_index": obj["source_index"],
+                    "scaled_size": obj["size"],
                 }
             )
     return {

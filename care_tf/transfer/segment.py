@@ -159,3 +159,54 @@ def iou_report(cm: np.ndarray, class_names: list[str] | None = None) -> dict:
         "class_names": names,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def evaluate_segmentation(
+    backbone: keras.Model,
+    train,
+    test,
+    *,
+    image_size: int = 128,
+    batch_size: int = 8,
+    epochs: int = 12,
+    steps_per_epoch: int | None = None,
+    learning_rate: float = LEARNING_RATE,
+    freeze_backbone: bool = False,
+    seed: int = 0,
+    verbose: int | str = 0,
+) -> dict:
+    """Builds a DeepLabV3+ on `backbone`, fine-tunes it on `train`'s masks, scores `test`.
+
+    Args:
+        backbone: keras_hub.models.ResNetBackbone (trained in place unless frozen).
+        train, test: `care_tf.transfer.coco.CocoSet`s with masks and the same categories.
+        image_size: int. Square input side in px, a multiple of 32.
+        Others: see `build_segmenter` and `fine_tune_segmenter`.
+
+    Returns:
+        `iou_report` of the test split plus "history".
+    """
+    from care_tf.transfer.coco import segmentation_dataset
+
+    if train.category_ids != test.category_ids:
+        raise ValueError(
+            f"{train.annotations_path} and {test.annotations_path} list different categories "
+            f"({train.category_ids} vs {test.category_ids}); use the same category table."
+        )
+    if image_size % 32:
+        raise ValueError(f"image_size must be a multiple of 32 (DeepLabV3+); got {image_size}.")
+    keras.utils.set_random_seed(seed)
+    num_classes = train.num_classes + 1
+    segmenter = build_segmenter(backbone, num_classes, freeze_backbone=freeze_backbone)
+    data = segmentation_dataset(train, image_size, batch_size, shuffle=True, seed=seed)
+    history = fine_tune_segmenter(
+        segmenter,
+        data,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        learning_rate=learning_rate,
+        verbose=verbose,
+    )
+    test_data = segmentation_dataset(test, image_size, batch_size)
+    cm = predict_confusion(segmenter, test_data, num_classes)
+    return {**iou_report(cm, ["background", *test.class_names]), "history": history}
