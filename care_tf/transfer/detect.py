@@ -106,6 +106,7 @@ def fine_tune_detector(
     learning_rate: float = LEARNING_RATE,
     verbose: int | str = 0,
     callbacks: list | None = None,
+    run_eagerly: bool = False,
 ) -> dict:
     """Fine-tunes with Adam (cosine decay to 0, gradient norm clipped at 10) on
     keras-hub's RetinaNet losses.
@@ -118,6 +119,7 @@ def fine_tune_detector(
         steps_per_epoch: int. Defaults to the dataset's length (the dataset is
             repeated when given).
         learning_rate: float. Peak learning rate. Defaults to 1e-4.
+        run_eagerly: bool. No graph tracing (quicker for a step or two, e.g. in tests).
 
     Returns:
         The per-epoch loss history.
@@ -128,7 +130,9 @@ def fine_tune_detector(
     if steps_per_epoch:
         train_data = train_data.repeat()
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, steps * epochs))
-    detector.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=10.0))
+    detector.compile(
+        optimizer=keras.optimizers.Adam(schedule, global_clipnorm=10.0), run_eagerly=run_eagerly
+    )
     history = detector.fit(
         train_data,
         epochs=epochs,
@@ -222,6 +226,7 @@ def evaluate_detection(
     freeze_backbone: bool = False,
     seed: int = 0,
     verbose: int | str = 0,
+    run_eagerly: bool = False,
 ) -> dict:
     """Builds a RetinaNet on `backbone`, fine-tunes it on `train` and scores it on `test`.
 
@@ -254,6 +259,7 @@ def evaluate_detection(
         steps_per_epoch=steps_per_epoch,
         learning_rate=learning_rate,
         verbose=verbose,
+        run_eagerly=run_eagerly,
     )
     detections = predict_detections(detector, test, image_size, batch_size)
     return {

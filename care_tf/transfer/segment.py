@@ -72,6 +72,7 @@ def fine_tune_segmenter(
     learning_rate: float = LEARNING_RATE,
     verbose: int | str = 0,
     callbacks: list | None = None,
+    run_eagerly: bool = False,
 ) -> dict:
     """Fine-tunes with Adam (cosine decay to 0) on pixel-wise cross-entropy.
 
@@ -82,6 +83,7 @@ def fine_tune_segmenter(
         epochs: int.
         steps_per_epoch: int. Defaults to the dataset's length (repeated when given).
         learning_rate: float. Peak learning rate. Defaults to 1e-4.
+        run_eagerly: bool. No graph tracing (quicker for a step or two, e.g. in tests).
 
     Returns:
         The per-epoch loss history.
@@ -96,6 +98,7 @@ def fine_tune_segmenter(
         optimizer=keras.optimizers.Adam(schedule),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=IGNORE),
         metrics=None,  # keras-hub's "auto" CategoricalAccuracy expects one-hot masks
+        run_eagerly=run_eagerly,
     )
     history = segmenter.fit(
         train_data.map(lambda x, m: (x, keras.ops.cast(m, "int32"))),
@@ -121,13 +124,16 @@ def confusion_matrix(
     return counts.reshape(num_classes, num_classes)
 
 
-def predict_confusion(segmenter, data, num_classes: int) -> np.ndarray:
-    """Confusion matrix of the segmenter's argmax over `(images, masks)` batches."""
+def predict_confusion(segmenter, data, num_classes: int, *, eager: bool = False) -> np.ndarray:
+    """Confusion matrix of the segmenter's argmax over `(images, masks)` batches
+    (`eager`: no graph tracing, quicker for a batch or two)."""
     import tensorflow as tf
 
-    forward = tf.function(
-        lambda x: tf.argmax(segmenter(x, training=False), axis=-1), reduce_retracing=True
-    )
+    def forward(x):
+        return tf.argmax(segmenter(x, training=False), axis=-1)
+
+    if not eager:
+        forward = tf.function(forward, reduce_retracing=True)
     cm = np.zeros((num_classes, num_classes), np.int64)
     for images, masks in data:
         cm += confusion_matrix(np.asarray(masks)[..., 0], np.asarray(forward(images)), num_classes)
@@ -174,6 +180,7 @@ def evaluate_segmentation(
     freeze_backbone: bool = False,
     seed: int = 0,
     verbose: int | str = 0,
+    run_eagerly: bool = False,
 ) -> dict:
     """Builds a DeepLabV3+ on `backbone`, fine-tunes it on `train`'s masks, scores `test`.
 
@@ -206,7 +213,8 @@ def evaluate_segmentation(
         steps_per_epoch=steps_per_epoch,
         learning_rate=learning_rate,
         verbose=verbose,
+        run_eagerly=run_eagerly,
     )
     test_data = segmentation_dataset(test, image_size, batch_size)
-    cm = predict_confusion(segmenter, test_data, num_classes)
+    cm = predict_confusion(segmenter, test_data, num_classes, eager=run_eagerly)
     return {**iou_report(cm, ["background", *test.class_names]), "history": history}
