@@ -258,3 +258,44 @@ def test_make_scenes_cli(tmp_path, capsys, fmnist):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no leftovers
     found = coco_lib.load_coco(str(out / "test" / "instances.json"), str(out / "test"))
     assert [im["width"] for im in found.images] == [48, 48]
+
+
+def test_tfds_examples_become_a_coco_folder(tmp_path):
+    import tensorflow as tf
+
+    from care_tf.transfer.tfds_coco import examples_to_coco
+
+    jpeg = tf.io.encode_jpeg(np.zeros((40, 60, 3), np.uint8)).numpy()
+    png = tf.io.encode_png(np.zeros((30, 20, 3), np.uint8)).numpy()
+    examples = [
+        {
+            "image": jpeg,
+            "objects": {
+                "bbox": np.array([[0.25, 0.5, 0.75, 1.0], [0.1, 0.2, 0.1, 0.3]], np.float32),
+                "label": np.array([2, 0]),
+                "is_crowd": np.array([False, False]),
+            },
+        },
+        {"image": png, "objects": {"bbox": np.zeros((0, 4), np.float32), "label": np.zeros(0)}},
+    ]
+    data = examples_to_coco(examples, ["a", "b", "c"], str(tmp_path))
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    found = coco_lib.load_coco(str(tmp_path / "instances.json"), str(tmp_path))
+    assert [(im["width"], im["height"]) for im in found.images] == [(60, 40), (20, 30)]
+    assert data["info"]["dropped_boxes"] == 1  # the zero-height box
+    (ann,) = found.annotations[1]
+    assert ann["category_id"] == 3 and ann["bbox"] == pytest.approx([30.0, 10.0, 30.0, 20.0])
+    assert found.annotations[2] == []  # a negative image
+
+
+def test_tfds_not_prepared_or_without_masks(tmp_path, capsys):
+    pytest.importorskip("tensorflow_datasets")
+    from care_tf.evaluate import __main__ as cli
+
+    argv = ["--model_dir", "x", "--dataset", "tfds:voc/2012", "--data_dir", str(tmp_path)]
+    assert cli.main(["detect", *argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "is not prepared" in err and "tfds build voc/2012" in err and err.count("\n") == 1
+    assert cli.main(["segment", *argv, "--out", str(tmp_path / "o")]) == 2
+    assert "no instance masks" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

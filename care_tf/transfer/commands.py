@@ -20,10 +20,14 @@ DATASET_HELP = "coco:ROOT (ROOT/SPLIT/instances.json or ROOT/annotations/instanc
 
 def load_hub_backbone(model_dir: str):
     """The run's backbone as a keras-hub ResNetBackbone taking any image size."""
-    from care_tf.transfer.keras_hub_bridge import hub_backbone
-
     if not os.path.exists(model_dir):
         raise UsageError(f"--model_dir {model_dir!r} does not exist.")
+    try:
+        import keras_hub  # noqa: F401
+    except ImportError as e:
+        raise UsageError("detect and segment need keras-hub: pip install -e '.[transfer]'.") from e
+    from care_tf.transfer.keras_hub_bridge import hub_backbone
+
     try:
         return hub_backbone(model_dir, image_shape=(None, None, 3))
     except (FileNotFoundError, ValueError) as e:
