@@ -528,13 +528,15 @@ def build_parser() -> argparse.ArgumentParser:
     for kind, help_text, description in (
         (
             "detect",
-            "fine-tune a keras-hub RetinaNet on the backbone; COCO box AP (docs/detection_segmentation.md)",
+            "fine-tune a keras-hub RetinaNet on the backbone; COCO box AP "
+            "(docs/detection_segmentation.md)",
             "RetinaNet (FPN P3-P7) on the run's backbone, fine-tuned on a COCO-format "
             "dataset; box AP, AP50, AP75 from pycocotools.",
         ),
         (
             "segment",
-            "fine-tune a keras-hub DeepLabV3+ on the backbone; mean IoU (docs/detection_segmentation.md)",
+            "fine-tune a keras-hub DeepLabV3+ on the backbone; mean IoU "
+            "(docs/detection_segmentation.md)",
             "DeepLabV3+ (ASPP on P5, decoder on P2) on the run's backbone, fine-tuned on "
             "the masks of a COCO-format dataset; mean IoU with background.",
         ),
