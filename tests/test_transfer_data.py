@@ -299,3 +299,19 @@ def test_tfds_not_prepared_or_without_masks(tmp_path, capsys):
     assert cli.main(["segment", *argv, "--out", str(tmp_path / "o")]) == 2
     assert "no instance masks" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_coco2017_layout_and_limit(scenes, tmp_path):
+    from care_tf.transfer.commands import load_split
+
+    root = tmp_path / "coco"
+    shutil.copytree(os.path.join(scenes, "test"), root / "val2017")
+    (root / "annotations").mkdir()
+    os.replace(root / "val2017" / "instances.json", root / "annotations" / "instances_val2017.json")
+    full = load_split(f"coco:{root}", "val2017", require_masks=True, limit=None)
+    assert full.annotations_path == str(root / "annotations" / "instances_val2017.json")
+    small = load_split(str(root), "val2017", require_masks=False, limit=2)
+    assert [im["id"] for im in small.images] == [im["id"] for im in full.images[:2]]
+    kept = [a["id"] for a in full.data["annotations"] if a["image_id"] in (1, 2)]
+    assert [a["id"] for a in small.data["annotations"]] == kept and kept
+    assert sum(len(v) for v in small.annotations.values()) == len(kept)
