@@ -228,6 +228,7 @@ def test_bad_datasets_fail_in_one_line_and_write_nothing(scenes, tmp_path, capsy
     with pytest.raises(coco_lib.CocoFormatError, match=message):
         coco_lib.load_coco(str(path), str(root / "test"), require_masks=True)
     out = tmp_path / "out"
+    (tmp_path / "run").mkdir()  # the run is loaded after the data is checked
     argv = ["--model_dir", str(tmp_path / "run"), "--dataset", f"coco:{root}", "--out", str(out)]
     assert cli.main(["segment", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -243,9 +244,12 @@ def test_invalid_json_and_missing_split(tmp_path, capsys):
     (tmp_path / "test" / "instances.json").write_text("{not json")
     with pytest.raises(coco_lib.CocoFormatError, match="not valid JSON"):
         coco_lib.load_coco(str(tmp_path / "test" / "instances.json"), str(tmp_path / "test"))
-    argv = ["detect", "--model_dir", "x", "--dataset", f"coco:{tmp_path}", "--out", str(tmp_path)]
+    argv = ["detect", "--model_dir", str(tmp_path), "--dataset", f"coco:{tmp_path}"]
+    argv += ["--out", str(tmp_path)]
     assert cli.main([*argv, "--train_split", "valid"]) == 2
     assert "no split 'valid'" in capsys.readouterr().err
+    assert cli.main([*argv[:2], str(tmp_path / "no_run"), *argv[3:]]) == 2
+    assert "no_run' does not exist" in capsys.readouterr().err
 
 
 def test_make_scenes_cli(tmp_path, capsys, fmnist):
@@ -292,7 +296,7 @@ def test_tfds_not_prepared_or_without_masks(tmp_path, capsys):
     pytest.importorskip("tensorflow_datasets")
     from care_tf.evaluate import __main__ as cli
 
-    argv = ["--model_dir", "x", "--dataset", "tfds:voc/2012", "--data_dir", str(tmp_path)]
+    argv = ["--model_dir", str(tmp_path), "--dataset", "tfds:voc/2012", "--data_dir", str(tmp_path)]
     assert cli.main(["detect", *argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "is not prepared" in err and "tfds build voc/2012" in err and err.count("\n") == 1

@@ -58,6 +58,8 @@ def load_split(spec: str, split: str, *, require_masks: bool, limit: int | None,
 
 
 def _common(args, kind: str, require_masks: bool, min_multiple: int):
+    if not os.path.exists(args.model_dir):
+        raise UsageError(f"--model_dir {args.model_dir!r} does not exist.")
     if args.image_size < min_multiple or args.image_size % min_multiple:
         raise UsageError(
             f"--image_size must be a positive multiple of {min_multiple} for {kind}; "
