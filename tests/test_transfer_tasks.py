@@ -153,7 +153,7 @@ def test_segmenter_fits_one_step_and_scores(scenes):
         true_counts += np.bincount(coco_lib.semantic_mask(splits["test"], image).ravel(), None, 11)
     np.testing.assert_array_equal(cm.sum(axis=1), true_counts)
     assert 0.0 <= scores["miou"] <= 1.0 and scores["class_names"][0] == "background"
-    assert np.isfinite(scores["history"]["loss"][0])
+    assert list(scores["history"]) == ["loss"] and np.isfinite(scores["history"]["loss"][0])
 
 
 def _run_cli(scenes, tmp_path, command, *extra):

@@ -97,7 +97,7 @@ def fine_tune_segmenter(
     segmenter.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=IGNORE),
-        metrics=None,  # keras-hub's "auto" CategoricalAccuracy expects one-hot masks
+        metrics=[],  # not keras-hub's "auto" CategoricalAccuracy (one-hot masks; [] replaces it)
         run_eagerly=run_eagerly,
     )
     history = segmenter.fit(
