@@ -62,6 +62,7 @@ _EXPORTS = {
     "feature_extractor": "care_tf.models",
     "feature_maps_model": "care_tf.models",
     "list_backbones": "care_tf.models",
+    "plain_feature_extractor": "care_tf.models",
     "register_backbone": "care_tf.models",
     "LARS": "care_tf.optimizers",
     "TorchSGD": "care_tf.optimizers",

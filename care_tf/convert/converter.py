@@ -358,10 +358,9 @@ def convert_checkpoint(
         for name, model in files.items():
             log(f"[convert] writing {name}")
             if name == run_dir.BACKBONE:  # the plain Keras model every run has
-                from care_tf.models.backbone import feature_extractor
-
-                model = feature_extractor(model)
-            model.save(os.path.join(tmp, name))
+                run_dir.save_backbone(model, os.path.join(tmp, name))
+            else:
+                model.save(os.path.join(tmp, name))
         import yaml
 
         name = os.path.splitext(os.path.basename(checkpoint))[0]
