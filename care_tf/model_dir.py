@@ -3,7 +3,8 @@
 model_dir/
   config.yaml        resolved experiment config (written at the start of training)
   model.keras        the full CARE model (online + target + optimizer state), final
-  backbone.keras     the online CNN backbone alone (images -> pooled features), final
+  backbone.keras     the online CNN backbone alone (images -> pooled features), final;
+                     Keras' built-in layers only: loads without care_tf
   classifier.keras   backbone + linear head (written by `care_tf.convert --linear`)
   checkpoints/       tf.train checkpoints for exact resume
   logs/              TensorBoard event files

@@ -210,6 +210,10 @@ def test_backbone_keras_loads_without_care_tf(tmp_path):
     old = care_tf.load_backbone(str(run))
     assert any(type(layer).__module__.startswith("care_tf") for layer in all_layers(old))
     np.testing.assert_allclose(old(x).numpy(), want, atol=1e-5)
+    layout.save_backbone(old, str(run / "backbone.keras"))  # rewritten in built-in layers
+    again = keras.saving.load_model(str(run / "backbone.keras"))
+    assert {type(layer).__module__.split(".")[0] for layer in all_layers(again)} == {"keras"}
+    np.testing.assert_allclose(again(x).numpy(), want, atol=1e-5)
 
 
 def jax_python() -> str | None:

@@ -2,7 +2,8 @@
 
 Written aside (a temporary directory next to `out`) and renamed into place:
 
-    RUN_DIR/backbone.keras     the online ResNet (what evaluate / export read)
+    RUN_DIR/backbone.keras     the online ResNet in Keras' built-in layers (what evaluate /
+                               export read; loads without care_tf)
     RUN_DIR/model.keras        the full CARE model, online + target (pretraining
                                checkpoints holding both networks)
     RUN_DIR/classifier.keras   backbone + the authors' linear head (with a linear checkpoint)
