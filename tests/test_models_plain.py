@@ -93,9 +93,9 @@ def all_layers(model: keras.Model):
             yield from all_layers(layer)
 
 
-def backbone(depth: int, stem: str, size: int) -> keras.Model:
+def backbone(depth: int, stem: str, size: int, sync_bn: bool = False) -> keras.Model:
     model = care_tf.create_backbone(
-        f"resnet{depth}", image_shape=(size, size, 3), base_channels=8, stem=stem
+        f"resnet{depth}", image_shape=(size, size, 3), base_channels=8, stem=stem, sync_bn=sync_bn
     )
     randomize_batch_norm(model)
     return model
@@ -112,7 +112,7 @@ def backbone(depth: int, stem: str, size: int) -> keras.Model:
 )
 def test_plain_copy_gives_the_backbones_features(depth, stem, size, include_normalization):
     """Basic and bottleneck blocks, both stems, with and without the normalisation layer."""
-    model = backbone(depth, stem, size)
+    model = backbone(depth, stem, size, sync_bn=depth == 50)
     rng = np.random.default_rng(1)
     x = (
         rng.uniform(0, 255, (2, size, size, 3))
@@ -125,6 +125,8 @@ def test_plain_copy_gives_the_backbones_features(depth, stem, size, include_norm
     np.testing.assert_allclose(plain(x).numpy(), ours(x).numpy(), rtol=1e-5, atol=1e-5)
     modules = {type(layer).__module__.split(".")[0] for layer in all_layers(plain)}
     assert modules == {"keras"}, [type(layer) for layer in all_layers(plain)]
+    norms = [layer for layer in all_layers(plain) if "BatchNorm" in type(layer).__name__]
+    assert norms and not any(layer.synchronized for layer in norms)
     # The inner multi-output backbone: same maps, same layer names, no shared variable.
     maps = care_tf.feature_maps_model(plain)
     normalised = ours.get_layer("normalize")(x) if include_normalization else x
@@ -229,7 +231,7 @@ def jax_python() -> str | None:
 @pytest.mark.skipif(jax_python() is None, reason="no Python with jax (set CARE_TF_JAX_PYTHON)")
 def test_backbone_keras_loads_under_the_jax_backend(tmp_path):
     """backbone.keras gives the same features under KERAS_BACKEND=jax, without TensorFlow."""
-    model = backbone(50, "imagenet", 64)
+    model = backbone(50, "imagenet", 64, sync_bn=True)  # Keras refuses sync BN under jax
     layout.save_backbone(model, str(tmp_path / "backbone.keras"))
     x = np.random.default_rng(4).normal(size=(2, 64, 64, 3)).astype("float32")
     np.save(tmp_path / "x.npy", x)

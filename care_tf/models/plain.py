@@ -5,17 +5,20 @@ a built-in layer computes, with the same weights:
 
 | care_tf layer  | built-in copy                               | weights copied        |
 |----------------|---------------------------------------------|-----------------------|
-| `BatchNorm`    | `BatchNormalization` (same config)          | gamma, beta, moving statistics |
+| `BatchNorm`    | `BatchNormalization` (unsynchronised)       | gamma, beta, moving statistics |
 | `MatmulConv2D` | `Conv2D` (same config)                      | kernel (and bias)     |
 | `Subsample2D`  | `MaxPooling2D(pool_size=1, strides=stride)` | none                  |
 
 A strided 1x1 `MatmulConv2D` becomes a 1x1 pooling of that stride then a stride-1
 `Conv2D`, as `Subsample2D` does (oneDNN's strided 1x1 kernel corrupts the heap at 2-8
 input channels; see docs/troubleshooting.md). Every other layer is copied from its own
-config. In inference mode the copy gives the backbone's outputs exactly (same kernels
-on the same weights). In training mode Keras' `BatchNormalization` updates the moving
-variance with the biased batch variance (care_tf's `BatchNorm` with the unbiased one,
-as PyTorch) and is slower on CPU; fine-tune the run with care_tf for the recipe's numbers.
+config. Batch norms lose `synchronized` (Keras accepts it with TensorFlow only; it
+matters only when training on several replicas).
+
+In inference mode the copy gives the backbone's outputs to float32 round-off (the same
+kernels on the same weights). In training mode Keras' `BatchNormalization` updates the
+moving variance with the biased batch variance (care_tf's `BatchNorm` with the unbiased
+one, as PyTorch) and is slower on CPU; continue pretraining with care_tf's model.keras.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ def _builtin_layer(layer: layers.Layer, subsample: dict[int, int]) -> layers.Lay
     """A new built-in layer computing what `layer` computes (no weights copied yet)."""
     config = layer.get_config()
     if isinstance(layer, BatchNorm):
-        return layers.BatchNormalization.from_config(config)
+        # Keras refuses synchronized=True outside TensorFlow; a copy must load anywhere.
+        return layers.BatchNormalization.from_config({**config, "synchronized": False})
     if isinstance(layer, MatmulConv2D):
         stride = tuple(layer.strides)
         if tuple(layer.kernel_size) == (1, 1) and stride != (1, 1):
