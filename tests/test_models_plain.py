@@ -13,7 +13,7 @@ import pytest
 import care_tf
 from care_tf import model_dir as layout
 from care_tf.models.conv import MatmulConv2D
-from care_tf.models.plain import plain_copy, plain_feature_extractor
+from care_tf.models.plain import plain_copy, plain_feature_extractor, resnet_arguments
 
 # Run in a child process: care_tf cannot be imported there (a meta-path finder refuses
 # it), so the files must load with Keras alone. Prints one JSON line of results.
@@ -241,3 +241,36 @@ def test_backbone_keras_loads_under_the_jax_backend(tmp_path):
     result = run_fresh({"cases": {"r50": case}}, {"KERAS_BACKEND": "jax"}, python=jax_python())
     assert result["backend"] == "jax" and not result["care_tf_imported"]
     assert result["max_abs_difference"]["r50"] < 1e-4, result
+
+
+@pytest.mark.parametrize("name, stem", [("resnet18", "cifar"), ("resnet50x2", "imagenet")])
+def test_resnet_arguments_are_read_back_from_a_plain_copy(name, stem):
+    model = care_tf.create_backbone(name, image_shape=(32, 32, 3), base_channels=8, stem=stem)
+    config = model.get_config()
+    keys = ("depth", "width_multiplier", "base_channels", "stem", "image_shape")
+    assert resnet_arguments(plain_copy(model)) == {k: config[k] for k in keys}
+    inputs = keras.Input((8, 8, 3))
+    assert resnet_arguments(keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs))) == {}
+
+
+def test_export_checks_a_plain_backbone_against_config_yaml(tmp_path):
+    """Export rebuilds config.yaml's backbone with the plain file's stem and width."""
+    from care_tf.export.source import ExportError, load_source
+
+    model = backbone(18, "cifar", 32)
+    layout.save_backbone(model, str(tmp_path / "backbone.keras"))
+    config = {"model": {"backbone": "resnet18"}, "data": {"image_size": 32}}
+    (tmp_path / "config.yaml").write_text(json.dumps(config))  # YAML reads JSON
+    source = load_source(str(tmp_path))
+    assert source.image_size == 32
+    assert source.describe()["config"] == {
+        "depth": 18,
+        "width_multiplier": 1,
+        "base_channels": 8,
+        "stem": "cifar",
+        "image_shape": [32, 32, 3],
+    }
+    config["model"]["backbone"] = "resnet50"
+    (tmp_path / "config.yaml").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match="config.yaml names backbone 'resnet50'"):
+        load_source(str(tmp_path))

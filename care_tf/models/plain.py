@@ -23,12 +23,14 @@ one, as PyTorch) and is slower on CPU; continue pretraining with care_tf's model
 
 from __future__ import annotations
 
+import re
+
 import keras
 from keras import layers
 
 from care_tf.models.batch_norm import BatchNorm
 from care_tf.models.conv import MatmulConv2D
-from care_tf.models.resnet import Subsample2D
+from care_tf.models.resnet import RESNET_SPECS, Subsample2D
 
 
 def _builtin_layer(layer: layers.Layer, subsample: dict[int, int]) -> layers.Layer:
@@ -121,3 +123,38 @@ def plain_feature_extractor(
 
     maps = plain_copy(feature_maps_model(model))
     return feature_extractor(maps, include_normalization=include_normalization, name=name)
+
+
+def resnet_arguments(model: keras.Model) -> dict:
+    """The `ResNetBackbone` arguments of a ResNet backbone or of its plain copy.
+
+    A plain copy is a `Functional` whose config lists layers, not `depth` or `stem`;
+    they are read back from its layer names and kernel shapes (`stem_conv`,
+    `stageS_blockB_add`, `stage1_block0_1_conv`, `stage1_block0_3_conv`).
+
+    Returns:
+        `{"depth", "width_multiplier", "base_channels", "stem", "image_shape"}` (`depth`
+        None for stage depths no registered ResNet has), or {} when `model` has no
+        `stem_conv` layer (not laid out as `ResNetBackbone`).
+    """
+    by_name = {layer.name: layer for layer in model.layers}
+    stem = by_name.get("stem_conv")
+    first = by_name.get("stage1_block0_1_conv")
+    if stem is None or first is None:
+        return {}
+    blocks = [0, 0, 0, 0]
+    for name in by_name:
+        match = re.fullmatch(r"stage([1-4])_block\d+_add", name)
+        if match:
+            blocks[int(match[1]) - 1] += 1
+    kind = "bottleneck" if "stage1_block0_3_conv" in by_name else "basic"
+    depth = next((d for d, spec in RESNET_SPECS.items() if spec == (kind, tuple(blocks))), None)
+    base = int(stem.filters)
+    width = first.filters / base
+    return {
+        "depth": depth,
+        "width_multiplier": int(width) if width == int(width) else width,
+        "base_channels": base,
+        "stem": "imagenet" if stem.kernel_size[0] == 7 else "cifar",
+        "image_shape": tuple(model.inputs[0].shape[1:]),
+    }
