@@ -67,7 +67,9 @@ def plain_copy(model: keras.Model) -> keras.Model:
 
     Returns:
         A `keras.Model` (class `Functional`) with the same inputs, outputs (a dict stays
-        a dict), layer names and weights. It shares no variable with `model`.
+        a dict), layer names and weights. It shares no variable with `model`. Layers of
+        other packages than Keras and care_tf are copied as they are (loading the copy
+        then needs their code, as loading `model` does).
 
     Raises:
         ValueError: `model` is not a functional model.
