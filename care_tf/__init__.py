@@ -1,7 +1,8 @@
 """care_tf: CARE self-supervised pretraining (NeurIPS 2021) in Keras 3 / TensorFlow.
 
 `import care_tf` imports the whole package, registering care_tf's layers so that
-`keras.saving.load_model("backbone.keras")` works. Only while a command line starts
+`keras.saving.load_model("model.keras")` works (a run's `backbone.keras` holds Keras'
+built-in layers only and loads without care_tf). Only while a command line starts
 (`python -m care_tf.X` or a `care-*` console script) are the public names imported
 on first use, so that `--help` answers without loading TensorFlow.
 """
@@ -62,6 +63,7 @@ _EXPORTS = {
     "feature_extractor": "care_tf.models",
     "feature_maps_model": "care_tf.models",
     "list_backbones": "care_tf.models",
+    "plain_feature_extractor": "care_tf.models",
     "register_backbone": "care_tf.models",
     "LARS": "care_tf.optimizers",
     "TorchSGD": "care_tf.optimizers",

@@ -60,7 +60,12 @@ class ExportSource:
         }
         if hasattr(self.backbone, "get_config"):
             try:
-                info["config"] = _jsonable(self.backbone.get_config())
+                config = self.backbone.get_config()
+                if "layers" in config:  # a functional graph (a plain backbone.keras)
+                    from care_tf.models.plain import resnet_arguments
+
+                    config = resnet_arguments(self.backbone) or config
+                info["config"] = _jsonable(config)
             except NotImplementedError:
                 pass
         return info
@@ -144,6 +149,7 @@ def check_against_config(backbone: keras.Model, config: dict) -> None:
     compared with the saved backbone's.
     """
     from care_tf.models import create_backbone, list_backbones
+    from care_tf.models.plain import resnet_arguments
 
     name = _nested(config, "model.backbone")
     if isinstance(name, dict):  # e.g. {"name": "resnet50", ...}
@@ -164,6 +170,9 @@ def check_against_config(backbone: keras.Model, config: dict) -> None:
         for key in ("base_channels", "stem", "sync_bn"):
             if key in saved:
                 kwargs[key] = saved[key]
+        if "layers" in saved:  # a plain backbone.keras: read its ResNet arguments back
+            arguments = resnet_arguments(backbone)
+            kwargs.update({k: arguments[k] for k in ("base_channels", "stem") if k in arguments})
     try:
         reference = create_backbone(name, **kwargs)
     except (TypeError, ValueError):  # a factory without those arguments: shapes only
