@@ -70,6 +70,7 @@ _EXPORTS = {
     "Experiment": "care_tf.train",
     "build_experiment": "care_tf.train",
     "WarmupCosine": "care_tf.train",
+    "list_configs": "care_tf.train",
 }
 __all__ = sorted([*_EXPORTS, "__version__"])
 __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

@@ -11,7 +11,7 @@ Same config and seed, same model, optimizer, learning-rate schedule, target
 momentum schedule, data subset, augmentation draws and shuffling on both routes.
 
 Example:
->>> exp = care_tf.build_experiment("configs/quickstart.yaml")
+>>> exp = care_tf.build_experiment("quickstart")   # a shipped config's name, or a YAML path
 >>> history = exp.fit()
 >>> exp.save("runs/quickstart")   # model.keras + backbone.keras, as the CLI writes
 """
@@ -301,7 +301,8 @@ def build_experiment(
     the global seed (`train.seed`) and the precision policy (`train.precision`).
 
     Args:
-        config: a YAML path (e.g. `"configs/quickstart.yaml"`) or a `Config`.
+        config: a shipped config's name (`"quickstart"`, see `care_tf.list_configs()`),
+            a YAML path (e.g. `"configs/quickstart.yaml"`) or a `Config`.
         overrides: `section.key=value` strings applied to a YAML config
             (as the CLI's `--set`).
         strategy: tf.distribute strategy to build under. Defaults to the current one.
