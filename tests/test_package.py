@@ -3,6 +3,7 @@
 import ast
 import configparser
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -144,3 +145,103 @@ def test_list_configs_command_line():
     rows = [line.split() for line in proc.stdout.splitlines()]
     assert "quickstart" in [r[0] for r in rows]
     assert all(os.path.isfile(r[1]) and r[1].endswith(f"{r[0]}.yaml") for r in rows)
+
+
+def _fresh_venv(tmp_path, wheel) -> tuple[str, dict]:
+    """A venv outside the checkout with the wheel installed (--no-deps); the heavy
+    dependencies (TensorFlow, Keras...) come from this interpreter's site-packages through
+    a .pth line, which adds that folder to sys.path but runs none of its .pth files (so
+    not the checkout's editable install). Returns (venv bin folder, environment)."""
+    import site
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    deps = sysconfig.get_paths()["purelib"]
+    assert deps in site.getsitepackages()
+    with open(os.path.join(purelib, "deps.pth"), "w") as f:
+        f.write(deps + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q"]
+        + ["--no-deps", "--no-index", wheel],
+        check=True,
+        capture_output=True,
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("TF_CONFIG", None)
+    return str(venv / "bin"), env
+
+
+INSTALLED_FIT = """
+import json, os, sys
+import care_tf
+from care_tf.train import load_config
+
+assert care_tf.__file__.startswith(sys.prefix), care_tf.__file__
+assert not [p for p in sys.path if p.startswith(CHECKOUT)], sys.path
+assert "quickstart" in care_tf.list_configs() and "care_r50_100ep" in care_tf.list_configs()
+assert load_config("configs/care_r50_100ep.yaml").optimizer.base_lr == 0.05  # its base: too
+exp = care_tf.build_experiment("quickstart", overrides=TINY)
+exp.fit(verbose=0)
+exp.save("run")
+with open(os.path.join("run", "train_state.json")) as f:
+    print(json.dumps(json.load(f)))
+"""
+
+
+@pytest.mark.slow  # ~3 min on the shared 2-core machine: a fit and a whole tiny quickstart
+def test_installed_wheel_trains_outside_the_checkout(wheel, tmp_path):
+    bin_dir, env = _fresh_venv(tmp_path, wheel)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    tiny = [
+        "model.base_channels=4",
+        "model.hidden_dim=32",
+        "model.projection_dim=16",
+        "model.transformer_kwargs={num_blocks: 1}",
+        "data.max_examples=64",
+        "train.global_batch_size=8",
+        "schedule.steps=2",
+        "schedule.warmup_steps=1",
+    ]
+    code = INSTALLED_FIT.replace("CHECKOUT", repr(ROOT)).replace("TINY", repr(tiny))
+    proc = subprocess.run(
+        [os.path.join(bin_dir, "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert state["step"] == 2 and state["complete"] is True
+
+    # The console script, under another Keras backend, from its shipped default config.
+    quickstart = [
+        os.path.join(bin_dir, "care-quickstart"),
+        "--model_dir", "q", "--max_steps", "2",
+        "--set", "train.global_batch_size=16", "--set", "data.max_examples=256",
+        "--limit", "256", "--probe_epochs", "1", "--quantize", "none", "--no_progress",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        quickstart,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=dict(env, KERAS_BACKEND="jax"),
+        timeout=1800,
+    )
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "--config quickstart" in proc.stdout and "note: KERAS_BACKEND" in proc.stderr
+    with open(cwd / "q" / "quickstart.json") as f:
+        summary = json.load(f)
+    assert summary["train"]["step"] == 2 and 0 <= summary["knn"]["top1"] <= 1
