@@ -52,6 +52,9 @@ setup(
         "transfer": TRANSFER,
         "test": [
             "pytest>=8",
+            # tests/test_package.py builds the wheel without build isolation.
+            "setuptools>=61",
+            "wheel>=0.37",
             "ruff>=0.6",
             "tensorflow-datasets==4.9.10",
             *TRANSFER,
