@@ -4,7 +4,9 @@
 `keras.saving.load_model("model.keras")` works (a run's `backbone.keras` holds Keras'
 built-in layers only and loads without care_tf). Only while a command line starts
 (`python -m care_tf.X` or a `care-*` console script) are the public names imported
-on first use, so that `--help` answers without loading TensorFlow.
+on first use, so that `--help` answers without loading TensorFlow, and the command
+selects the TensorFlow backend of Keras itself (KERAS_BACKEND=tensorflow, with a
+note when the environment chose another).
 """
 
 import json as _json
@@ -32,13 +34,44 @@ def _keras_backend() -> str:
         return "tensorflow"
 
 
+def _command_line_start() -> bool:
+    """Whether this import is a command line's start-up: while `python -m pkg.mod`
+    imports the parent packages, `sys.argv[0]` is "-m"; console scripts are `care-*`."""
+    argv0 = _sys.argv[0] if _sys.argv else ""
+    return argv0 == "-m" or _os.path.basename(argv0).startswith("care-")
+
+
+def _select_tensorflow() -> None:
+    """A command line runs on TensorFlow whatever the environment chose: sets
+    KERAS_BACKEND=tensorflow (inherited by the processes it starts) before Keras is
+    imported, with a note on stderr when that overrides another backend."""
+    chosen = _keras_backend()
+    if "keras" in _sys.modules:
+        return  # too late to choose; the check below reports a wrong backend
+    if chosen != "tensorflow":
+        home = _os.environ.get("KERAS_HOME") or "~/.keras"
+        where = "KERAS_BACKEND" if "KERAS_BACKEND" in _os.environ else f"{home}/keras.json"
+        print(
+            f"note: {where} selects the Keras backend {chosen!r}; care_tf runs on "
+            "TensorFlow, so this command sets KERAS_BACKEND=tensorflow for itself.",
+            file=_sys.stderr,
+        )
+    _os.environ["KERAS_BACKEND"] = "tensorflow"
+
+
+if _command_line_start():
+    _select_tensorflow()
+
 if _keras_backend() != "tensorflow":
-    raise ImportError(
+    _message = (
         f"care_tf needs the TensorFlow backend of Keras, but Keras uses {_keras_backend()!r}. "
         "Set KERAS_BACKEND=tensorflow before Keras is first imported (in a notebook: "
         "`import os; os.environ['KERAS_BACKEND'] = 'tensorflow'` in the first cell, then "
         "restart the runtime)."
     )
+    if _command_line_start():
+        raise SystemExit(f"error: {_message}")
+    raise ImportError(_message)
 
 _EXPORTS = {
     "data": "care_tf.data",
@@ -72,16 +105,10 @@ _EXPORTS = {
     "Experiment": "care_tf.train",
     "build_experiment": "care_tf.train",
     "WarmupCosine": "care_tf.train",
+    "list_configs": "care_tf.train",
 }
 __all__ = sorted([*_EXPORTS, "__version__"])
 __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
-
-
-def _command_line_start() -> bool:
-    """Whether this import is a command line's start-up: while `python -m pkg.mod`
-    imports the parent packages, `sys.argv[0]` is "-m"; console scripts are `care-*`."""
-    argv0 = _sys.argv[0] if _sys.argv else ""
-    return argv0 == "-m" or _os.path.basename(argv0).startswith("care-")
 
 
 if "keras" in _sys.modules or not _command_line_start():

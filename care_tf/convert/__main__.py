@@ -12,12 +12,14 @@ import argparse
 import os
 import sys
 
+from care_tf.cli_errors import prog_name
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m care_tf.convert",
+        prog=prog_name("care_tf.convert"),
         description=(
             "Convert the CARE authors' PyTorch checkpoints (torch.save zip format) into a run "
             "directory: backbone.keras, model.keras (online + target networks), and with "
