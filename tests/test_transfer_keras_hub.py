@@ -188,3 +188,43 @@ def test_preset_is_replaced_in_place(tmp_path):
         np.asarray(loaded.get_layer("conv1_bn").moving_mean),
         np.asarray(first.get_layer("stem_bn").moving_mean),
     )
+
+
+def _run_dir(tmp_path, name: str, **kwargs):
+    """A run directory holding only backbone.keras (as training writes it)."""
+    from care_tf.models.backbone import feature_extractor
+
+    run = tmp_path / name
+    run.mkdir()
+    backbone = ResNetBackbone(depth=18, image_shape=(32, 32, 3), **kwargs)
+    _randomise_bn(backbone)
+    feature_extractor(backbone).save(run / "backbone.keras")
+    return run
+
+
+def test_export_cli_writes_a_verified_preset(tmp_path, capsys):
+    from care_tf.export.__main__ import main
+
+    run = _run_dir(tmp_path, "run", stem="imagenet")
+    assert (
+        main(["--model_dir", str(run), "--out", str(tmp_path / "out"), "--format", "keras_hub"])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "ok   P5" in printed and "FAIL" not in printed
+    assert (tmp_path / "out" / "keras_hub" / "config.json").is_file()
+    # A second export is refused unless --overwrite.
+    args = ["--model_dir", str(run), "--out", str(tmp_path / "out"), "--format", "keras_hub"]
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_export_cli_refuses_a_quickstart_run_in_one_line(tmp_path, capsys):
+    from care_tf.export.__main__ import main
+
+    run = _run_dir(tmp_path, "quick", stem="cifar", base_channels=8)
+    args = ["--model_dir", str(run), "--out", str(tmp_path / "out"), "--format", "keras_hub"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "CIFAR stem" in err[0]
+    assert not (tmp_path / "out" / "keras_hub").exists()
