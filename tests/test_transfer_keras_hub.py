@@ -202,21 +202,28 @@ def _run_dir(tmp_path, name: str, **kwargs):
     return run
 
 
+@pytest.mark.slow  # a fresh process importing TensorFlow and keras-hub (~15 s)
 def test_export_cli_writes_a_verified_preset(tmp_path, capsys):
     from care_tf.export.__main__ import main
 
     run = _run_dir(tmp_path, "run", stem="imagenet")
-    assert (
-        main(["--model_dir", str(run), "--out", str(tmp_path / "out"), "--format", "keras_hub"])
-        == 0
-    )
+    args = ["--model_dir", str(run), "--out", str(tmp_path / "out"), "--format", "keras_hub"]
+    assert main(args) == 0
     printed = capsys.readouterr().out
     assert "ok   P5" in printed and "FAIL" not in printed
     assert (tmp_path / "out" / "keras_hub" / "config.json").is_file()
-    # A second export is refused unless --overwrite.
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_export_cli_refuses_an_existing_preset_without_overwrite(tmp_path, capsys):
+    from care_tf.export.__main__ import main
+
+    run = _run_dir(tmp_path, "run", stem="imagenet")
+    (tmp_path / "out" / "keras_hub").mkdir(parents=True)
     args = ["--model_dir", str(run), "--out", str(tmp_path / "out"), "--format", "keras_hub"]
     assert main(args) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0]
 
 
 def test_export_cli_refuses_a_quickstart_run_in_one_line(tmp_path, capsys):
@@ -228,3 +235,30 @@ def test_export_cli_refuses_a_quickstart_run_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "CIFAR stem" in err[0]
     assert not (tmp_path / "out" / "keras_hub").exists()
+
+
+@pytest.mark.slow  # a fresh process importing TensorFlow and keras-hub (~15 s)
+def test_export_cli_classifier_preset_from_a_converted_run_layout(tmp_path, capsys):
+    """A run as `care_tf.convert --linear` writes it: backbone.keras + classifier.keras."""
+    from care_tf.export.__main__ import main
+    from care_tf.models.backbone import feature_extractor
+
+    run = tmp_path / "converted"
+    run.mkdir()
+    backbone = ResNetBackbone(depth=18, stem="imagenet", image_shape=(32, 32, 3))
+    _randomise_bn(backbone)
+    head = make_linear_head(3, seed=1, name="linear_head")
+    head.build((None, 512))
+    _randomise_bn(head, seed=2)
+    classifier = LinearClassifier(backbone, head, name="classifier")
+    classifier(np.zeros((1, 32, 32, 3), "float32"))
+    classifier.save(run / "classifier.keras")
+    feature_extractor(backbone).save(run / "backbone.keras")
+    args = ["--model_dir", str(run), "--out", str(tmp_path / "out"), "--format", "keras_hub"]
+    assert main([*args, "--classifier"]) == 0
+    printed = capsys.readouterr().out
+    assert "ok   logits" in printed and "FAIL" not in printed
+    preset = tmp_path / "out" / "keras_hub"
+    task = json.loads((preset / "task.json").read_text())
+    assert task["class_name"] == "ResNetImageClassifier"
+    assert task["config"]["num_classes"] == 3
