@@ -262,3 +262,14 @@ def test_export_cli_classifier_preset_from_a_converted_run_layout(tmp_path, caps
     task = json.loads((preset / "task.json").read_text())
     assert task["class_name"] == "ResNetImageClassifier"
     assert task["config"]["num_classes"] == 3
+
+
+def test_sources_run_directory_and_keras_file(tmp_path):
+    run = _run_dir(tmp_path, "run", stem="imagenet")
+    ours = keras.saving.load_model(run / "backbone.keras")
+    x = np.random.default_rng(5).normal(size=(1, 32, 32, 3)).astype("float32")
+    expected = np.asarray(ours.layers[-1](x)["res5"])
+    for source in (run, str(run / "backbone.keras")):
+        np.testing.assert_allclose(np.asarray(hub_backbone(source)(x)), expected, atol=1e-5)
+    hub = hub_backbone(run, image_shape=(32, 32, 3))
+    assert tuple(hub.input_shape) == (None, 32, 32, 3)

@@ -76,10 +76,12 @@ def _load_path(path: str) -> keras.Model:
     try:
         if presets.is_preset_dir(path):
             return presets.load_preset(path)
-        if os.path.isdir(path) and not presets._is_run(path):
+        try:
+            return layout.load_feature_model(path)
+        except FileNotFoundError:
             if os.path.isfile(layout.path(path, layout.CLASSIFIER)):
-                return layout.load_classifier(path)
-        return layout._load_keras(path)
+                return layout.load_classifier(path)  # a run with only a classifier
+            raise
     except (FileNotFoundError, ValueError) as err:
         raise TransferError(str(err)) from None
 
