@@ -175,7 +175,6 @@ def finetune(
     """
     from care_tf.evaluate.linear import LinearClassifier
 
-    keras.utils.set_random_seed(seed)
     model = finetune_model(backbone, num_classes, seed)
     model.compile(
         optimizer=finetune_optimizer(learning_rate, steps_per_epoch * epochs),
