@@ -273,3 +273,12 @@ def test_sources_run_directory_and_keras_file(tmp_path):
         np.testing.assert_allclose(np.asarray(hub_backbone(source)(x)), expected, atol=1e-5)
     hub = hub_backbone(run, image_shape=(32, 32, 3))
     assert tuple(hub.input_shape) == (None, 32, 32, 3)
+
+
+def test_export_cli_keras_hub_refuses_tflite_options(tmp_path, capsys):
+    from care_tf.export.__main__ import main
+
+    args = ["--model_dir", str(tmp_path), "--out", str(tmp_path / "o"), "--format", "keras_hub"]
+    assert main([*args, "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--quantize" in err[0]

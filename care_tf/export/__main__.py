@@ -125,7 +125,14 @@ def export(args: argparse.Namespace) -> int:
 
     try:
         if args.format == "keras_hub":
+            from care_tf.export import ExportError
             from care_tf.transfer.hub_export import export_keras_hub
+
+            if args.quantize != "none" or args.feature_maps or args.calibration:
+                raise ExportError(
+                    "--format keras_hub writes a keras-hub preset (float32, P2-P5 maps "
+                    "included): drop --quantize, --calibration and --feature_maps."
+                )
 
             export_keras_hub(
                 args.model_dir, args.out, classifier=args.classifier, overwrite=args.overwrite
