@@ -106,6 +106,8 @@ _EXPORTS = {
     "build_experiment": "care_tf.train",
     "WarmupCosine": "care_tf.train",
     "list_configs": "care_tf.train",
+    "hub_backbone": "care_tf.transfer",
+    "to_keras_hub": "care_tf.transfer",
 }
 __all__ = sorted([*_EXPORTS, "__version__"])
 __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

@@ -1,4 +1,4 @@
-"""Command line: `python -m care_tf.evaluate {linear,knn,attention} ...`.
+"""Command line: `python -m care_tf.evaluate {linear,knn,attention,classifier,finetune} ...`.
 
     python -m care_tf.evaluate linear --model_dir runs/care --dataset fashion_mnist
     python -m care_tf.evaluate linear --model_dir runs/care --dataset fashion_mnist \
@@ -6,6 +6,8 @@
     python -m care_tf.evaluate knn --model_dir runs/care --dataset fashion_mnist --limit 5000
     python -m care_tf.evaluate attention --model_dir runs/byol --model_dir runs/care \
         --dataset fashion_mnist --num_images 8
+    python -m care_tf.evaluate finetune --model_dir runs/care --dataset fashion_mnist \
+        --label_fraction 0.01
 
 Results go to `--out` (default `MODEL_DIR/eval/`): `linear.json` or `knn.json`,
 `linear_confusion.png` / `knn_confusion.png`, `attention.png`; a run with `--limit N`
@@ -361,6 +363,27 @@ def run_classifier(args) -> dict:
     return _save_results(args, "classifier", results, "Classifier")
 
 
+def run_finetune(args) -> dict:
+    """Fine-tuning with few labels (care_tf.transfer.finetune)."""
+    from care_tf.transfer.finetune import run_finetune as finetune
+
+    return finetune(
+        args.model_dir,
+        args.dataset,
+        label_fraction=args.label_fraction,
+        out=default_out(args.model_dir, args.out),
+        train_split=args.train_split,
+        eval_split=args.eval_split,
+        data_dir=args.data_dir,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        seed=args.seed,
+        verbose=0 if args.quiet else "auto",
+    )
+
+
 def run_attention(args) -> dict:
     """Attention overlays of one or more backbones on the first N images of a split."""
     from care_tf.evaluate.attention import attention_maps, save_attention_grid
@@ -415,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_debug_flag(parser)
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{linear,knn,attention,classifier}"
+        dest="command", required=True, metavar="{linear,knn,attention,classifier,finetune}"
     )
 
     def data_args(p, splits=True, train_split=True):
@@ -515,6 +538,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(classifier, train_split=False)
 
+    finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune the whole backbone + a linear head on a few labels (SimCLR/BYOL)",
+        description="Semi-supervised protocol of SimCLR/BYOL: a class-balanced, seeded "
+        "subset of the labels (ids written beside the result), the backbone and a linear "
+        "head fine-tuned (SGD Nesterov 0.9, lr 0.05 x batch/256, no weight decay), "
+        "top-1/top-5 on the full --eval_split. See docs/transfer.md.",
+    )
+    finetune.add_argument(
+        "--model_dir",
+        required=True,
+        help="training run directory, or its backbone.keras or model.keras file",
+    )
+    data_args(finetune)
+    finetune.add_argument(
+        "--label_fraction",
+        type=float,
+        required=True,
+        help="share of the training labels, in (0, 1]: 0.01, 0.1 or 1.0 in the papers",
+    )
+    finetune.add_argument(
+        "--batch_size", type=int, default=256, help="batch size, capped by the subset (256)"
+    )
+    finetune.add_argument(
+        "--epochs", type=int, default=None, help="epochs (default: 60 for <= 1%%, else 30)"
+    )
+    finetune.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default: 0.05 x batch / 256)"
+    )
+    finetune.add_argument("--seed", type=int, default=0, help="subset / head / order seed")
+    finetune.add_argument("--out", default=None, help="output directory (default: MODEL_DIR/eval/)")
+
     attention = sub.add_parser(
         "attention",
         help="attention-map overlays comparing models",
@@ -558,6 +613,7 @@ COMMANDS = {
     "knn": run_knn,
     "attention": run_attention,
     "classifier": run_classifier,
+    "finetune": run_finetune,
 }
 
 
