@@ -285,6 +285,7 @@ def _export_locked(
                 },
                 "outputs": {"embedding": f"float32 (B, {source.output_shapes['embedding'][0]})"},
             },
+            input_contract=tflite.input_contract(size, quantize),
             verification=report["checks"],
         )
         atomic.publish_dir(tmp, tfl_path)
