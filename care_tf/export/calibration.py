@@ -44,7 +44,7 @@ def _spec_images(spec: str, count: int, split: str) -> list[np.ndarray]:
 
     try:
         source = load_source(spec, split)
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # OSError: e.g. a folder: spec that does not exist
         raise ExportError(f"--calibration {spec!r}: {err}") from None
     dataset = source.as_dataset().take(count)
     return [example["image"].numpy() for example in dataset]

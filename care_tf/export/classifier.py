@@ -43,6 +43,7 @@ from care_tf.export.source import (
     ExportSource,
     check_care_backbone,
     metadata,
+    read_run_config,
     read_step,
     tf_variables,
 )
@@ -79,7 +80,7 @@ def load_classifier_source(model_dir: str) -> tuple[keras.Model, ExportSource]:
             "needed to export it."
         )
     config_dir = os.path.dirname(model_dir) if model_dir.endswith(".keras") else model_dir
-    config = run_dir.read_config(config_dir)
+    config = read_run_config(config_dir)
     source = ExportSource(
         backbone=backbone,
         config=config,

@@ -134,8 +134,7 @@ def check_pixels(images: tf.Tensor, limits: SizeLimits = DEFAULT_LIMITS) -> tf.T
             in_range = tf.debugging.Assert(
                 tf.logical_and(low >= PIXEL_RANGE[0], high <= PIXEL_RANGE[1]),
                 [
-                    "images must be float pixels in 0..255 (clip them to that range); "
-                    "got min, max",
+                    "images must be float pixels in 0..255 (clip them to that range); got min, max",
                     low,
                     high,
                 ],
