@@ -121,6 +121,16 @@ def test_saved_signatures_check_the_rank(tmp_path, module):
     serve = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
     assert "(B, H, W, C)" in _refused(lambda x: serve(images=x), tf.zeros([40, 40]))
     assert serve(images=tf.zeros([1, 40, 40, 3]))["embedding"].shape == (1, 64)
+    # The TF1 session loader, as TF Serving runs the graph.
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta = tf.compat.v1.saved_model.load(sess, ["serve"], str(tmp_path))
+        sig = meta.signature_def["serving_default"]
+        fetch, feed = sig.outputs["embedding"].name, sig.inputs["images"].name
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(B, H, W, C\)"):
+            sess.run(fetch, {feed: np.zeros([40, 40], np.float32)})
+        with pytest.raises(tf.errors.InvalidArgumentError, match="float pixels in 0..255"):
+            sess.run(fetch, {feed: np.full([1, 40, 40, 3], 1e6, np.float32)})
+        assert sess.run(fetch, {feed: np.zeros([2, 40, 40, 3], np.float32)}).shape == (2, 64)
 
 
 @pytest.mark.parametrize("scale, offset", [(1e6, 0.0), (1.0, -255.0), (0.0, 1e30), (1.0, 0.5)])
