@@ -69,10 +69,22 @@ def test_incomplete_run_is_said_on_the_console(run, tmp_path, capsys):
     argv = ["--model_dir", model_dir, "--out", str(tmp_path / "o"), "--format", "tflite"]
     argv += ["--calibration", f"folder:{tmp_path / 'missing'}"]
     code, stdout, err = _export(capsys, *argv)
-    assert code == 2 and err.startswith("error: --calibration")
+    assert code == 2 and err.startswith("error: --calibration") and "not found" in err
     assert "warning: this run stopped at step 40 of 1000 before its schedule ended" in stdout
     state["complete"] = True
     with open(os.path.join(model_dir, "train_state.json"), "w") as f:
         json.dump(state, f)
     code, stdout, err = _export(capsys, *argv)
     assert code == 2 and "warning" not in stdout
+
+
+def test_calibration_spec_errors_are_one_short_line(run, tmp_path, capsys):
+    out = str(tmp_path / "o")
+    for spec, words in [
+        (f"folder:{tmp_path / 'missing'}", "Image folder not found"),
+        ("tfds:no_such_dataset", "Unknown TFDS dataset 'no_such_dataset'"),
+    ]:
+        argv = ["--model_dir", run, "--out", out, "--format", "tflite", "--calibration", spec]
+        code, _, err = _export(capsys, *argv)
+        assert code == 2 and len(err.splitlines()) == 1 and len(err) < 400, err
+        assert err.startswith(f"error: --calibration {spec!r}: ") and words in err
