@@ -130,8 +130,8 @@ def write_classifier_saved_model(classifier, source: ExportSource, path: str, to
         num_classes=num_classes_of(classifier),
         top_k=top_k,
         signatures={
-            "serving_default": {"inputs": {"images": "float32 (B, H, W, 1|3) pixels 0..255"}},
-            "serve_uint8": {"inputs": {"images": "uint8 (B, H, W, 1|3)"}},
+            "serving_default": {"inputs": {"images": "float32 (B >= 1, H, W, 1|3) pixels 0..255"}},
+            "serve_uint8": {"inputs": {"images": "uint8 (B >= 1, H, W, 1|3)"}},
             "serve_image_bytes": {"inputs": {"image_bytes": "string (B,) JPEG/PNG/GIF/BMP"}},
             "outputs": outputs,
         },

@@ -107,15 +107,15 @@ def write_saved_model(
         format="saved_model",
         signatures={
             "serving_default": {
-                "inputs": {"images": "float32 (B, H, W, 1|3) pixels 0..255"},
+                "inputs": {"images": "float32 (B >= 1, H, W, 1|3) pixels 0..255"},
                 "outputs": _outputs(source, feature_maps),
             },
             "serve_uint8": {
-                "inputs": {"images": "uint8 (B, H, W, 1|3)"},
+                "inputs": {"images": "uint8 (B >= 1, H, W, 1|3)"},
                 "outputs": _outputs(source, feature_maps),
             },
             "serve_image_bytes": {
-                "inputs": {"image_bytes": "string (B,) encoded JPEG/PNG/GIF/BMP"},
+                "inputs": {"image_bytes": "string (B >= 1,) encoded JPEG/PNG/GIF/BMP"},
                 "outputs": _outputs(source, False),
             },
         },
