@@ -57,3 +57,12 @@ def test_cli_names_the_bad_tensor(tmp_path, capsys, fmt):
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"error: {bad[len('module.') :]} has shape (8,)")
     assert not (tmp_path / "run").exists()
+
+
+def test_debug_shows_the_error_itself(tmp_path):
+    keys = authors_keys("pretrain", **SMALL)
+    bad = "module.student_encoder.conv1.weight"
+    path = str(tmp_path / "bad.pth")
+    write_pretrain_checkpoint(path, [(k, (8,) if k == bad else s, d) for k, s, d in keys])
+    with pytest.raises(MappingError, match="conv1.weight has shape"):
+        main([path, "--out", str(tmp_path / "run"), "--debug"])
