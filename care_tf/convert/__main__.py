@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from care_tf.cli_errors import prog_name
+from care_tf.cli_errors import add_debug_flag, describe, prog_name
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a non-empty --out directory"
     )
+    add_debug_flag(parser)
     return parser
 
 
@@ -68,8 +69,15 @@ def main(argv: list[str] | None = None) -> int:
             image_size=args.image_size,
         )
     except (ConvertError, CheckpointError, MappingError, FileNotFoundError) as err:
+        if args.debug:
+            raise
         message = " ".join(str(err).split())
         parser.exit(2, f"error: {message}\n")
+    except Exception as err:  # anything no check anticipated: one line, not a traceback
+        if args.debug:
+            raise
+        message, status = describe(err)
+        parser.exit(status, f"error: {message}\n")
     return 0
 
 

@@ -161,7 +161,7 @@ def convert_linear(state: StateDict, image_size: int):
     spec = arch.infer_backbone(shapes, "encoder.")
     if "classifier.0.weight" not in shapes:
         raise mapping.MappingError(f"{state.path}: no classifier.0.weight (the linear layer).")
-    num_classes, features = shapes["classifier.0.weight"]
+    num_classes, features = arch.checked_shape(shapes, "classifier.0.weight", arch.LINEAR)
     backbone = arch.build_backbone(spec, image_size)
     head = make_linear_head(int(num_classes), name="linear_head")
     head.build((None, int(features)))

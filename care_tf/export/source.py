@@ -7,6 +7,7 @@ import json
 import os
 
 import keras
+import yaml
 
 from care_tf import model_dir as run_dir
 from care_tf.version import __version__
@@ -108,6 +109,31 @@ def read_step(model_dir: str, config: dict) -> int | str:
         if isinstance(value, int):
             return value
     return "unknown"
+
+
+def read_run_config(config_dir: str) -> dict:
+    """The run's config.yaml as a dict ({} when there is none).
+
+    Raises:
+        ExportError: naming the file, when it is not YAML, not UTF-8 text or not a
+            mapping (the export records it and checks the architecture against it).
+    """
+    path = run_dir.path(config_dir, run_dir.CONFIG)
+    try:
+        config = run_dir.read_config(config_dir)
+    except (yaml.YAMLError, ValueError, OSError) as err:  # ValueError: also not UTF-8
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ExportError(
+            f"{path} is not a readable run config (a YAML mapping): {reason[:300]}. Fix it, "
+            "or move it away to export without it (the architecture is then not checked "
+            "against it)."
+        ) from None
+    if not isinstance(config, dict):
+        raise ExportError(
+            f"{path} holds a YAML {type(config).__name__}, not a mapping of settings. Fix it, "
+            "or move it away to export without it."
+        )
+    return config
 
 
 def check_care_backbone(backbone) -> None:
@@ -216,7 +242,7 @@ def load_source(model_dir: str, image_size: int | None = None) -> ExportSource:
     check_care_backbone(backbone)
     is_file = model_dir.endswith(".keras") or os.path.isfile(model_dir)
     config_dir = os.path.dirname(model_dir) if is_file else model_dir
-    config = run_dir.read_config(config_dir)
+    config = read_run_config(config_dir)
     check_against_config(backbone, config)
 
     height, width, channels = tuple(backbone.inputs[0].shape[1:])
