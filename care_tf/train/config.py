@@ -114,6 +114,12 @@ class DataConfig:
         "`grpc://HOST:PORT` of a tf.data service dispatcher: decode and augment on its "
         "workers (see docs/training.md); null = on this host.",
     )
+    augment: dict = _field(
+        {},
+        "Arguments of the two-view augmentation (`care_tf.TwoViewAugment`) that differ from "
+        "the paper's, e.g. `{scale: [0.2, 1.0], blur_prob: [0.0, 0.0]}` for small images; "
+        "{} = the paper's.",
+    )
 
 
 @dataclasses.dataclass
@@ -399,6 +405,7 @@ def _merge(base: dict, override: dict) -> dict:
             not in (
                 "backbone_kwargs",
                 "transformer_kwargs",
+                "augment",
             )
         ):
             out[key] = _merge(out[key], value)

@@ -64,6 +64,21 @@ def num_examples_of(cfg: Config, source) -> int:
     return int(n)
 
 
+def make_augmenter(cfg: Config):
+    """The config's two-view augmentation: `TwoViewAugment(model.image_size, seed=train.seed,
+    **data.augment)` (the paper's views unless `data.augment` changes them)."""
+    from care_tf.data import TwoViewAugment
+
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.data.augment.items()}
+    try:
+        return TwoViewAugment(cfg.model.image_size, seed=cfg.train.seed, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"Config key 'data.augment' ({cfg.data.augment}): {e}. Its keys are "
+            "care_tf.TwoViewAugment's arguments (scale, ratio, blur_prob, ...); see docs/data.md."
+        ) from e
+
+
 def build_model(cfg: Config, derived: Derived):
     """The compiled CARE model of `cfg` (call inside `strategy.scope()`).
 
@@ -78,9 +93,7 @@ def build_model(cfg: Config, derived: Derived):
         backbone_kwargs["base_channels"] = m.base_channels
     augmenter = None
     if cfg.data.placement == "device":
-        from care_tf.data import TwoViewAugment
-
-        augmenter = TwoViewAugment(m.image_size, seed=cfg.train.seed)
+        augmenter = make_augmenter(cfg)
     model = CARE.from_preset(
         m.backbone,
         m.image_size,
@@ -146,6 +159,7 @@ def make_dataset(
         start_position=start_position,
         service=cfg.data.service,
         service_job=service_job,
+        augment=make_augmenter(cfg) if cfg.data.placement == "host" else None,
     )
 
 
