@@ -11,6 +11,10 @@ exec((HERE / "care_tf" / "version.py").read_text(), version)
 TF_VERSION = "2.21.0"
 TRANSFER = ["keras-hub==0.32.0", "tensorflow-text==2.21.1", "pycocotools==2.0.11"]
 
+CONFIG_PACKAGES = ["care_tf.configs"] + [
+    "care_tf.configs." + p.name for p in sorted((HERE / "configs").iterdir()) if p.is_dir()
+]
+
 setup(
     name="care_tf",
     version=version["__version__"],
@@ -20,7 +24,11 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["care_tf", "care_tf.*"]),
+    # The experiment configs live once, in configs/ at the top of the repository; the
+    # wheel carries them as care_tf/configs/ (found by care_tf/train/config_names.py).
+    packages=[*find_packages(include=["care_tf", "care_tf.*"]), *CONFIG_PACKAGES],
+    package_dir={"care_tf.configs": "configs"},
+    package_data={name: ["*.yaml"] for name in CONFIG_PACKAGES},
     install_requires=[
         "keras==3.15.1",
         "numpy>=1.26,<3",
@@ -44,6 +52,9 @@ setup(
         "transfer": TRANSFER,
         "test": [
             "pytest>=8",
+            # tests/test_package.py builds the wheel without build isolation.
+            "setuptools>=61",
+            "wheel>=0.37",
             "ruff>=0.6",
             "tensorflow-datasets==4.9.10",
             *TRANSFER,
@@ -60,6 +71,8 @@ setup(
             "care-evaluate=care_tf.evaluate.__main__:main",
             "care-export=care_tf.export.__main__:main",
             "care-convert=care_tf.convert.__main__:main",
+            "care-quickstart=care_tf.quickstart:main",
+            "care-make-tfrecords=care_tf.data.make_tfrecords:main",
         ]
     },
 )

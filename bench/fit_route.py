@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUTES = ("fit", "cli", "fit_keras_sgd")
 QUICK_SET = [
@@ -44,10 +46,12 @@ QUICK_SET = [
 ]
 
 
-def knn_top1(backbone, cfg, bank: int, queries: int) -> float:
-    """kNN top-1 (%) of `backbone`'s pooled features (the evaluate CLI's protocol)."""
+def probe(backbone, cfg, bank: int, queries: int, linear_epochs: int = 0) -> dict:
+    """kNN top-1 (%) of `backbone`'s pooled features (the evaluate CLI's protocol) and,
+    with `linear_epochs`, the linear probe's top-1 (%) trained on the bank's features."""
     from care_tf.data import make_eval_dataset
     from care_tf.evaluate import extract_features, knn_evaluate
+    from care_tf.evaluate.linear import train_linear_probe_on_features
 
     def features(split: str, limit: int):
         ds = make_eval_dataset(
@@ -61,7 +65,15 @@ def knn_top1(backbone, cfg, bank: int, queries: int) -> float:
 
     train_x, train_y = features("train", bank)
     test_x, test_y = features("test", queries)
-    return round(100 * knn_evaluate(train_x, train_y, test_x, test_y)["top1"], 2)
+    out = {"knn": round(100 * knn_evaluate(train_x, train_y, test_x, test_y)["top1"], 2)}
+    if linear_epochs:
+        num_classes = int(max(train_y.max(), test_y.max())) + 1
+        head, _ = train_linear_probe_on_features(
+            train_x, train_y, num_classes=num_classes, epochs=linear_epochs
+        )
+        logits = head.predict(test_x, batch_size=1024, verbose=0)
+        out["linear"] = round(100 * float(np.mean(logits.argmax(-1) == test_y)), 2)
+    return out
 
 
 def run_fit(config: str, overrides: list[str], keras_sgd: bool):
@@ -96,6 +108,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--bank", type=int, default=10_000, help="kNN memory bank (train images)")
     p.add_argument("--queries", type=int, default=10_000, help="kNN queries (test images)")
     p.add_argument("--work_dir", default=None, help="CLI run directories (default: a temp dir)")
+    p.add_argument(
+        "--linear_epochs",
+        type=int,
+        default=0,
+        help="also train a linear probe for this many epochs on the bank's features and "
+        "report its top-1 on the queries (default 0: kNN only)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny model and budget (< 1 min)")
     args = p.parse_args(argv)
     if args.quick:
@@ -109,12 +128,16 @@ def main(argv: list[str] | None = None) -> dict:
     work = args.work_dir or tempfile.mkdtemp(prefix="fit_route_")
     out: dict = {"config": os.path.relpath(args.config, ROOT), "set": args.set, "seeds": args.seeds}
     out.update({"random": {}, **{r: {} for r in args.routes}, "seconds": {}})
+    linear: dict = {"random": {}, **{r: {} for r in args.routes}}
     for seed in args.seeds:
         overrides = [*args.set, f"train.seed={seed}"]
         cfg = load_config(args.config, overrides)
         # The untrained weights every route starts from (same config and seed).
         untrained = care_tf.build_experiment(cfg).model.backbone
-        out["random"][seed] = knn_top1(untrained, cfg, args.bank, args.queries)
+        scores = probe(untrained, cfg, args.bank, args.queries, args.linear_epochs)
+        out["random"][seed] = scores["knn"]
+        if "linear" in scores:
+            linear["random"][seed] = scores["linear"]
         for route in args.routes:
             start = time.time()
             if route == "cli":
@@ -124,11 +147,21 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 backbone = run_fit(args.config, overrides, route == "fit_keras_sgd")
             out["seconds"][f"{route}_seed{seed}"] = round(time.time() - start, 1)
-            out[route][seed] = knn_top1(backbone, cfg, args.bank, args.queries)
-            print(f"seed {seed} {route}: kNN top-1 {out[route][seed]}%", file=sys.stderr)
+            scores = probe(backbone, cfg, args.bank, args.queries, args.linear_epochs)
+            out[route][seed] = scores["knn"]
+            if "linear" in scores:
+                linear[route][seed] = scores["linear"]
+            print(f"seed {seed} {route}: {scores} (random {out['random'][seed]})", file=sys.stderr)
     for route in args.routes:
         gains = [out[route][s] - out["random"][s] for s in args.seeds]
         out[f"{route}_gain"] = round(sum(gains) / len(gains), 2)
+        out[f"{route}_min_gain"] = round(min(gains), 2)
+        if args.linear_epochs:
+            lin = [linear[route][s] - linear["random"][s] for s in args.seeds]
+            out[f"{route}_linear_gain"] = round(sum(lin) / len(lin), 2)
+            out[f"{route}_linear_min_gain"] = round(min(lin), 2)
+    if args.linear_epochs:
+        out["linear"] = linear
     print(json.dumps(out))
     return out
 

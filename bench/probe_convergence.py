@@ -91,10 +91,11 @@ def quick_model_dir(tmp: str) -> str:
     import keras
 
     from care_tf import create_backbone
+    from care_tf import model_dir as layout
 
     keras.utils.set_random_seed(0)
     backbone = create_backbone("resnet18", image_shape=(32, 32, 3), stem="cifar", base_channels=8)
-    backbone.save(os.path.join(tmp, "backbone.keras"))
+    layout.save_backbone(backbone, os.path.join(tmp, "backbone.keras"))  # as training writes it
     return tmp
 
 

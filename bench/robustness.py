@@ -5,10 +5,11 @@
     python bench/robustness.py --list     # the cases, without running them
 
 Generates a bad-input corpus in a temporary folder (bad arguments, missing, garbage and
-corrupt files and folders for train, evaluate, export and make_tfrecords; oversized,
-elongated and non-finite serving requests; JPEG/PNG oddities; TFRecord re-runs; locked
-directories; NaN stops and damaged checkpoints), runs each entry point in a subprocess
-and classifies what happened:
+corrupt files and folders for train, evaluate, export, convert and make_tfrecords;
+oversized, elongated, non-finite, out-of-range and wrongly shaped serving requests, also
+through a saved-and-reloaded SavedModel and a real TFLite file; JPEG/PNG oddities;
+TFRecord re-runs; locked directories; NaN stops and damaged checkpoints), runs each entry
+point in a subprocess and classifies what happened:
 
 - clear_error: non-zero exit, the last line of stderr is one `error:` line, no traceback;
 - ok: a valid but unusual input accepted, with the right result;
@@ -418,9 +419,76 @@ def build_cases(tmp: str) -> list[Case]:
     _write(os.path.join(d("bad_info"), "dataset_info.json"), "{not json")
     add(Case("make_tfrecords: garbage dataset_info.json", [*TFRECORDS, src, d("bad_info")]))
 
+    cases += issue21_export_cases(d, run)
+
     # ---------------------------------------------------------------- in-process workers
     add(Case("serving + TFLite helper + decoders", [__file__, "--worker", "serving", tmp],
              "ok", check=_worker_results, quick=True))  # fmt: skip
+    return cases
+
+
+# ------------------------------------------------------- issue 21: export, convert
+CONVERT = ["-m", "care_tf.convert"]
+
+
+def issue21_export_cases(d: Callable, run: str) -> list[Case]:
+    """Export and convert cases of issue 21 (damaged run files, silent arguments)."""
+    cases: list[Case] = []
+    add = cases.append
+    x = [*EXPORT, "--model_dir", run, "--out", d("exports21")]
+    for samples in ("0", "-5"):
+        add(Case(f"export: --calibration_samples {samples}", [*x, "--format", "tflite",
+                 "--quantize", "int8", "--calibration", "fashion_mnist",
+                 "--calibration_samples", samples], quick=True))  # fmt: skip
+
+    def run_copy(name: str, file: str, content: bytes | str) -> Callable:
+        def setup():
+            shutil.copytree(run, d(name), dirs_exist_ok=True)
+            _write(os.path.join(d(name), file), content)
+
+        return setup
+
+    for name, content in [
+        ("not YAML", "model: [unclosed\n  backbone: {"),
+        ("binary", b"\xff\xfe\x00\x01" * 50),
+        ("a YAML list", "- a\n- b\n"),
+    ]:
+        folder = f"config21_{len(cases)}"
+        add(Case(f"export: run config.yaml is {name}", [*EXPORT, "--model_dir", d(folder),
+                 "--out", d(f"{folder}_out")], setup=run_copy(folder, "config.yaml", content),
+                 check=lambda proc, f=folder: None if f"{f}/config.yaml" in proc.stderr
+                 else "unclear"))  # fmt: skip
+    state = json.dumps({"step": 3, "total_steps": 1000, "complete": False})
+    add(Case("export: run stopped by --max_steps is said on the console",
+             [*EXPORT, "--model_dir", d("partial21"), "--out", d("partial21_out"),
+              "--format", "saved_model"], "ok",
+             setup=run_copy("partial21", "train_state.json", state),
+             check=lambda proc: None if "warning: this run stopped at step 3 of 1000"
+             in proc.stdout else "silent"))  # fmt: skip
+    add(Case("export: --calibration folder that does not exist", [*x, "--format", "tflite",
+             "--calibration", f"folder:{d('missing')}"]))  # fmt: skip
+
+    def bad_checkpoint(path: str, key: str, shape: tuple) -> Callable:
+        def setup():
+            sys.path.insert(0, os.path.join(ROOT, "tests"))
+            from torch_checkpoint import authors_keys, write_pretrain_checkpoint
+
+            small = dict(depth=18, base=8, trans_blocks=2, fmap=4, heads=2, hidden=32, proj=16)
+            keys = [(k, shape if k == key else s, t) for k, s, t in authors_keys(
+                "pretrain", **small)]  # fmt: skip
+            write_pretrain_checkpoint(path, keys)
+
+        return setup
+
+    for key, shape in [
+        ("module.student_encoder.conv1.weight", (8,)),
+        ("module.student_encoder.trans.net.0.net.3.pos_emb.height", (4,)),
+        ("module.student_encoder.fc1.0.weight", (32,)),
+    ]:
+        path = d(f"convert21_{len(cases)}.pth")
+        add(Case(f"convert: {key[len('module.'):]} of shape {shape}",
+                 [*CONVERT, path, "--out", d(f"convert21_{len(cases)}_out")],
+                 setup=bad_checkpoint(path, key, shape), quick=True))  # fmt: skip
     return cases
 
 
@@ -618,6 +686,80 @@ def serving_worker(tmp: str) -> None:
         report("training decoder: truncated JPEG", "silent")
     except tf.errors.InvalidArgumentError as err:
         report("training decoder: truncated JPEG", "clear_error", err.message[:200])
+
+    issue21_serving_cases(tmp, backbone, module, infer, report, refused, accepted)
+
+
+def issue21_serving_cases(tmp, backbone, module, infer, report, refused, accepted) -> None:
+    """Issue 21: batch shapes and pixel ranges through the saved-and-reloaded signatures
+    (what TF Serving runs), and the TFLite helper on a real .tflite file."""
+    import numpy as np
+    import tensorflow as tf
+
+    from care_tf.export import tflite
+    from care_tf.export.source import ExportSource
+
+    path = os.path.join(tmp, "serving", "saved21")
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve_float,
+                        "serve_uint8": module.serve_uint8,
+                        "serve_image_bytes": module.serve_image_bytes})  # fmt: skip
+    signatures = tf.saved_model.load(path).signatures
+    f = lambda x: signatures["serving_default"](images=x)  # noqa: E731
+    u = lambda x: signatures["serve_uint8"](images=x)  # noqa: E731
+    b = lambda x: signatures["serve_image_bytes"](image_bytes=x)  # noqa: E731
+    pixels = ("(B, H, W, C)",)
+    for name, fn, value, words in [
+        ("empty batch", f, tf.zeros([0, 40, 40, 3]), ("(B, H, W, C)", "empty batch")),
+        ("2-D image", f, tf.zeros([40, 40]), pixels),
+        ("scalar", f, tf.zeros([]), pixels),
+        ("5-D", f, tf.zeros([1, 1, 40, 40, 3]), pixels),
+        ("uint8 empty batch", u, tf.zeros([0, 40, 40, 3], tf.uint8), ("empty batch",)),
+        ("bytes empty batch", b, tf.constant([], tf.string), ("(B,)", "empty batch")),
+        ("bytes 2-D", b, tf.constant([[b"x"]]), ("(B,) of encoded images",)),
+        ("bytes scalar", b, tf.constant(b"x"), ("(B,) of encoded images",)),
+    ]:
+        refused(f"serving (saved): {name}", fn, value, words)
+    clean = np.random.default_rng(0).uniform(0, 255, (1, 40, 40, 3)).astype(np.float32)
+    high = np.where(clean > 200, 255.5, clean)
+    for name, value in [("1e30", np.full_like(clean, 1e30)), ("x 1e6", clean * 1e6),
+                        ("negative", -clean), ("255.5", high)]:  # fmt: skip
+        refused(f"serving (saved): float pixels {name}", f, tf.constant(value), ("0..255",))
+    accepted("serving (saved): float pixels 0 and 255", f,
+             tf.constant(np.round(clean / 255) * 255), (1, 64))  # fmt: skip
+    # 0..1 pixels are valid 0..255 values: served (docs/export.md warns), not refusable.
+    accepted("serving (saved): float pixels in 0..1 (documented pitfall)", f,
+             tf.constant(clean / 255), (1, 64))  # fmt: skip
+
+    model = os.path.join(tmp, "serving", "model21.tflite")
+    tflite.write_tflite(ExportSource(backbone, {}, 32, 0, "x"), model)
+    good = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), np.uint8)
+    nan = good.astype(np.float32)
+    nan[0, 0, 0, 0] = np.nan
+    for name, value in [
+        ("4 channels", np.zeros((1, 32, 32, 4), np.uint8)),
+        ("empty batch", good[:0]),
+        ("rank-3 image", good[0]),
+        ("one channel", good[..., :1]),
+        ("64x64 for a 32 px model", np.zeros((1, 64, 64, 3), np.uint8)),
+        ("NaN", nan),
+        ("pixels x 1e6", good.astype(np.float32) * 1e6),
+        ("negative pixels", -good.astype(np.float32)),
+    ]:
+        try:
+            infer.embed_pixels(model, value)
+            report(f"tflite helper (real model): {name}", "silent")
+        except ValueError as err:
+            ok = "(B, 32, 32, 3)" in str(err)
+            report(f"tflite helper (real model): {name}", "clear_error" if ok else "unclear",
+                   str(err))  # fmt: skip
+        except Exception as err:  # noqa: BLE001  (the runtime's own error: not clear)
+            report(f"tflite helper (real model): {name}", "unclear", f"{type(err).__name__}")
+    try:
+        out = infer.embed_pixels(model, good)
+        report("tflite helper (real model): valid batch", "ok" if out.shape == (2, 64)
+               and np.all(np.isfinite(out)) else "silent", str(out.shape))  # fmt: skip
+    except Exception as err:  # noqa: BLE001
+        report("tflite helper (real model): valid batch", "refused", str(err))
 
 
 def make_run(path: str) -> None:

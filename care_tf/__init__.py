@@ -1,9 +1,12 @@
 """care_tf: CARE self-supervised pretraining (NeurIPS 2021) in Keras 3 / TensorFlow.
 
 `import care_tf` imports the whole package, registering care_tf's layers so that
-`keras.saving.load_model("backbone.keras")` works. Only while a command line starts
+`keras.saving.load_model("model.keras")` works (a run's `backbone.keras` holds Keras'
+built-in layers only and loads without care_tf). Only while a command line starts
 (`python -m care_tf.X` or a `care-*` console script) are the public names imported
-on first use, so that `--help` answers without loading TensorFlow.
+on first use, so that `--help` answers without loading TensorFlow, and the command
+selects the TensorFlow backend of Keras itself (KERAS_BACKEND=tensorflow, with a
+note when the environment chose another).
 """
 
 import json as _json
@@ -31,13 +34,44 @@ def _keras_backend() -> str:
         return "tensorflow"
 
 
+def _command_line_start() -> bool:
+    """Whether this import is a command line's start-up: while `python -m pkg.mod`
+    imports the parent packages, `sys.argv[0]` is "-m"; console scripts are `care-*`."""
+    argv0 = _sys.argv[0] if _sys.argv else ""
+    return argv0 == "-m" or _os.path.basename(argv0).startswith("care-")
+
+
+def _select_tensorflow() -> None:
+    """A command line runs on TensorFlow whatever the environment chose: sets
+    KERAS_BACKEND=tensorflow (inherited by the processes it starts) before Keras is
+    imported, with a note on stderr when that overrides another backend."""
+    chosen = _keras_backend()
+    if "keras" in _sys.modules:
+        return  # too late to choose; the check below reports a wrong backend
+    if chosen != "tensorflow":
+        home = _os.environ.get("KERAS_HOME") or "~/.keras"
+        where = "KERAS_BACKEND" if "KERAS_BACKEND" in _os.environ else f"{home}/keras.json"
+        print(
+            f"note: {where} selects the Keras backend {chosen!r}; care_tf runs on "
+            "TensorFlow, so this command sets KERAS_BACKEND=tensorflow for itself.",
+            file=_sys.stderr,
+        )
+    _os.environ["KERAS_BACKEND"] = "tensorflow"
+
+
+if _command_line_start():
+    _select_tensorflow()
+
 if _keras_backend() != "tensorflow":
-    raise ImportError(
+    _message = (
         f"care_tf needs the TensorFlow backend of Keras, but Keras uses {_keras_backend()!r}. "
         "Set KERAS_BACKEND=tensorflow before Keras is first imported (in a notebook: "
         "`import os; os.environ['KERAS_BACKEND'] = 'tensorflow'` in the first cell, then "
         "restart the runtime)."
     )
+    if _command_line_start():
+        raise SystemExit(f"error: {_message}")
+    raise ImportError(_message)
 
 _EXPORTS = {
     "data": "care_tf.data",
@@ -62,6 +96,7 @@ _EXPORTS = {
     "feature_extractor": "care_tf.models",
     "feature_maps_model": "care_tf.models",
     "list_backbones": "care_tf.models",
+    "plain_feature_extractor": "care_tf.models",
     "register_backbone": "care_tf.models",
     "LARS": "care_tf.optimizers",
     "TorchSGD": "care_tf.optimizers",
@@ -70,16 +105,12 @@ _EXPORTS = {
     "Experiment": "care_tf.train",
     "build_experiment": "care_tf.train",
     "WarmupCosine": "care_tf.train",
+    "list_configs": "care_tf.train",
+    "hub_backbone": "care_tf.transfer",
+    "to_keras_hub": "care_tf.transfer",
 }
 __all__ = sorted([*_EXPORTS, "__version__"])
 __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
-
-
-def _command_line_start() -> bool:
-    """Whether this import is a command line's start-up: while `python -m pkg.mod`
-    imports the parent packages, `sys.argv[0]` is "-m"; console scripts are `care-*`."""
-    argv0 = _sys.argv[0] if _sys.argv else ""
-    return argv0 == "-m" or _os.path.basename(argv0).startswith("care-")
 
 
 if "keras" in _sys.modules or not _command_line_start():

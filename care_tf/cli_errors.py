@@ -28,6 +28,7 @@ _USER_ERRORS = (
     ("care_tf.train.strategy", "StrategyError"),
     ("care_tf.export.source", "ExportError"),
     ("care_tf.locking", "LockError"),
+    ("care_tf.transfer.keras_hub_bridge", "TransferError"),
 )
 
 

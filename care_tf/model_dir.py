@@ -3,7 +3,8 @@
 model_dir/
   config.yaml        resolved experiment config (written at the start of training)
   model.keras        the full CARE model (online + target + optimizer state), final
-  backbone.keras     the online CNN backbone alone (images -> pooled features), final
+  backbone.keras     the online CNN backbone alone (images -> pooled features), final;
+                     Keras' built-in layers only: loads without care_tf
   classifier.keras   backbone + linear head (written by `care_tf.convert --linear`)
   checkpoints/       tf.train checkpoints for exact resume
   logs/              TensorBoard event files
@@ -112,19 +113,35 @@ def load_feature_model(model_dir: str):
     return feature_maps_model(_load_keras(model_dir))
 
 
+def save_backbone(model, file: str) -> None:
+    """Writes `model`'s backbone as a `backbone.keras` file that loads with Keras alone.
+
+    The file holds `care_tf.plain_feature_extractor(model)` (images -> pooled features,
+    Keras' built-in layers only); it is written aside and renamed into place.
+
+    Args:
+        model: a CARE model, a multi-output CARE backbone or a feature extractor.
+        file: str. Path of the `.keras` file.
+    """
+    from care_tf import atomic
+    from care_tf.models.plain import plain_feature_extractor
+
+    with atomic.replacing(file) as tmp:
+        plain_feature_extractor(model).save(tmp)
+
+
 def save_models(model, model_dir: str) -> None:
     """Writes a trained CARE model's `model.keras` and `backbone.keras` into `model_dir`.
 
-    `backbone.keras` is `care_tf.feature_extractor(model)` (images -> pooled features).
-    Each file is written aside and renamed into place.
+    `backbone.keras` is written by `save_backbone` (Keras' built-in layers, images ->
+    pooled features). Each file is written aside and renamed into place.
     """
     from care_tf import atomic
-    from care_tf.models.backbone import feature_extractor
 
     os.makedirs(model_dir, exist_ok=True)
-    for name, obj in ((MODEL, model), (BACKBONE, feature_extractor(model))):
-        with atomic.replacing(path(model_dir, name)) as tmp:
-            obj.save(tmp)
+    with atomic.replacing(path(model_dir, MODEL)) as tmp:
+        model.save(tmp)
+    save_backbone(model, path(model_dir, BACKBONE))
 
 
 def _is_care(model) -> bool:

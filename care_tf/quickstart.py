@@ -5,7 +5,7 @@
 Runs the real command lines in sequence, each in its own process (their progress
 bars show as they go), and prints the commands so they can be rerun by hand:
 
-    1. python -m care_tf.train --config configs/quickstart.yaml --model_dir DIR
+    1. python -m care_tf.train --config quickstart --model_dir DIR
     2. python -m care_tf.evaluate knn --model_dir DIR --dataset fashion_mnist
     3. python -m care_tf.evaluate linear --model_dir DIR --dataset fashion_mnist \
            --extract_features --epochs 20
@@ -32,8 +32,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = ROOT / "configs" / "quickstart.yaml"
+from care_tf.cli_errors import prog_name
+from care_tf.train.config_names import describe_missing, resolve_config
+
+DEFAULT_CONFIG = "quickstart"  # the shipped configs/quickstart.yaml, by name
 DATASET = "fashion_mnist"
 QUICKSTART_JSON = "quickstart.json"
 EXPORT_DIR = "exported"
@@ -58,15 +60,9 @@ class QuickstartError(Exception):
     """A user error: printed as `error: ...`, exit status 2."""
 
 
-def _default_config() -> str:
-    """configs/quickstart.yaml of this checkout, relative to the working directory if inside it."""
-    rel = os.path.relpath(DEFAULT_CONFIG)
-    return str(DEFAULT_CONFIG) if rel.startswith("..") else rel
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m care_tf.quickstart",
+        prog=prog_name("care_tf.quickstart"),
         description="Pretrain CARE on Fashion-MNIST (small CPU configuration), run the kNN "
         "and linear probes, export the backbone to SavedModel and TFLite, print a summary.",
         epilog="Each step is the real CLI in its own process; see docs/README.md.",
@@ -78,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--config",
-        default=_default_config(),
-        help="training config (default: configs/quickstart.yaml)",
+        default=DEFAULT_CONFIG,
+        help="training config: a YAML file or a shipped config's name "
+        "(`python -m care_tf.train --list_configs`) (default: %(default)s)",
     )
     p.add_argument(
         "--set",
@@ -309,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = Path(args.model_dir)
     started = time.time()
     try:
-        if not os.path.isfile(args.config):
-            raise QuickstartError(f"--config {args.config!r} does not exist.")
+        if not os.path.isfile(resolve_config(args.config)):
+            raise QuickstartError(f"--config {args.config!r}: no such file. {describe_missing()}")
         check_data()
         if prepare_model_dir(model_dir):
             print(f"Replacing the previous run in {model_dir}", flush=True)

@@ -54,6 +54,13 @@ def predict(server: str, request, timeout: float = 30.0) -> np.ndarray:
         try:
             response = stub.Predict(request, timeout)
         except grpc.RpcError as err:  # e.g. INVALID_ARGUMENT for bytes that are not an image
+            if err.code() == grpc.StatusCode.UNAVAILABLE:  # nobody listening, unknown host
+                print(
+                    f"error: cannot reach TF Serving at {server} ({err.details()}): start the "
+                    "server or check --server.",
+                    file=sys.stderr,
+                )
+                raise SystemExit(2) from None
             raise SystemExit(f"TF Serving: {err.code().name}: {err.details()}") from None
     return tf.make_ndarray(response.outputs["embedding"])
 

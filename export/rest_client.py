@@ -17,8 +17,15 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from typing import NoReturn
 
 import numpy as np
+
+
+def fail(message: str) -> NoReturn:
+    """Stops the client with one `error:` line (exit status 2)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def bytes_body(paths: list[str]) -> dict:
@@ -57,6 +64,9 @@ def predict(url: str, model: str, body: dict, version: int | None = None, timeou
     except urllib.error.HTTPError as err:  # TF Serving answers {"error": "..."} (e.g. bad bytes)
         detail = err.read().decode(errors="replace")
         raise SystemExit(f"TF Serving returned HTTP {err.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as err:  # refused, unknown host, timed out
+        reason = getattr(err, "reason", None) or err
+        fail(f"cannot reach TF Serving at {url} ({reason}): start the server or check --url.")
     return parse_response(result)
 
 

@@ -2,6 +2,13 @@
 
     python export/tflite_infer.py exported/tflite/care/1/care_int8.tflite cat.jpg dog.png
 
+The model's input contract (also in its NAME_<q>.json, `input_contract`): a batch
+(B >= 1, S, S, 3) of RGB pixels 0..255, already resized and centre-cropped to the
+model's S. The TFLite file itself checks none of it (other sizes, 1 channel, rank-3
+input and NaN run and give wrong embeddings; 4 channels or B = 0 fail inside the
+runtime with "XNNPack delegate failed to reshape"): `check_pixels` does, and
+`embed` / `embed_pixels` call it before the model.
+
 Preprocessing is done here with Pillow, as an app would: resize the shorter side
 to image_size * 256 / 224, rounded (bilinear), centre-crop image_size, RGB. The model
 normalises internally. It matches the SavedModel's in-graph resize closely but
@@ -87,8 +94,16 @@ def check_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
         raise ValueError(f"{expected}; got {pixels.shape[3]} channels{hint}.")
     if pixels.shape[0] < 1:
         raise ValueError(f"{expected}; got an empty batch.")
+    if pixels.dtype.kind not in "uif":  # unsigned, signed, float
+        raise ValueError(f"{expected}; got {pixels.dtype} values.")
     if np.issubdtype(pixels.dtype, np.floating) and not np.all(np.isfinite(pixels)):
         raise ValueError(f"{expected}; got NaN or Inf values.")
+    low, high = pixels.min(), pixels.max()
+    if low < 0 or high > 255:
+        raise ValueError(
+            f"{expected}; got values from {low:g} to {high:g} (clip them to 0..255; "
+            "normalisation is inside the model)."
+        )
     return pixels
 
 

@@ -179,3 +179,49 @@ def test_unlabelled_dataset_is_refused(model_dirs, tmp_path, capsys):
         ]
     )
     assert "no labels" in capsys.readouterr().err
+
+
+def _run_with_config(tmp_path, model_dirs, config: str):
+    """A copy of a tiny run whose config.yaml holds `config`."""
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(os.path.join(model_dirs[0], "backbone.keras"), run / "backbone.keras")
+    (run / "config.yaml").write_text(config)
+    return str(run)
+
+
+def test_dataset_defaults_to_the_runs_own(model_dirs, tmp_path, capsys):
+    run = _run_with_config(tmp_path, model_dirs, "data:\n  source: fashion_mnist\n")
+    results = cli.evaluate(["knn", "--model_dir", run, "--limit", "100", "--quiet"])
+    assert results["dataset"] == "fashion_mnist" and results["num_examples"] == 100
+    # The monitors' labelled source comes first; a run without config.yaml needs --dataset.
+    (tmp_path / "run" / "config.yaml").write_text(
+        "data:\n  source: folder:/unlabelled\nmonitor:\n  source: tfds:cifar10\n"
+    )
+    assert cli.dataset_of_run(run) == "tfds:cifar10"
+    assert cli.dataset_of_run(os.path.join(run, "backbone.keras")) == "tfds:cifar10"
+    assert cli.main(["knn", "--model_dir", model_dirs[0]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --dataset is required") and "config.yaml" in err
+
+
+def test_results_of_a_keras_file_are_kept_apart_from_the_runs(model_dirs, tmp_path):
+    run = _run_with_config(tmp_path, model_dirs, "data:\n  source: fashion_mnist\n")
+    file = os.path.join(run, "backbone.keras")
+    by_dir = cli.evaluate(["knn", "--model_dir", run, "--limit", "50", "--quiet"])
+    by_file = cli.evaluate(["knn", "--model_dir", file, "--limit", "50", "--quiet"])
+    assert by_dir["paths"]["json"] == os.path.join(run, "eval", "knn_limit50.json")
+    assert by_file["paths"]["json"] == os.path.join(run, "eval", "knn_limit50_backbone.json")
+    for results in (by_dir, by_file):
+        with open(results["paths"]["json"]) as f:
+            assert json.load(f)["model_dir"] == results["model_dir"]
+
+
+def test_classifier_offers_no_train_split():
+    parser = cli.build_parser()
+    assert parser.parse_args(["knn", "--model_dir", "r", "--train_split", "a"]).train_split == "a"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["classifier", "--model_dir", "r", "--train_split", "a"])
+    assert not hasattr(parser.parse_args(["classifier", "--model_dir", "r"]), "train_split")

@@ -56,6 +56,9 @@ def test_float32_matches_keras(run):
     with open(path[: -len(".tflite")] + ".json") as f:
         meta = json.load(f)
     assert meta["quantize"] == "float32" and meta["bytes"] == os.path.getsize(path)
+    contract = meta["input_contract"]
+    assert contract["shape"] == ["B >= 1", 32, 32, 3] and contract["dtype"] == "float32"
+    assert "0..255" in contract["values"] and "tflite_infer" in contract["checked_by"]
     _check_example_script(path, run)
 
 
@@ -75,6 +78,24 @@ def _check_example_script(path, run):
     raw = [np.asarray(Image.open(f)) for f in files]
     want = _keras(run, calibration.crops(raw, 32))
     assert cosine(got, want)[1] >= 0.99
+    # The helper checks the contract the flatbuffer does not (the raw runner fails with
+    # "XNNPack delegate failed to reshape" on 4 channels or B = 0, and runs the others).
+    good = run["test"][:2]
+    for bad, words in [
+        (np.zeros((1, 32, 32, 4), np.uint8), "got 4 channels"),
+        (good[:0], "empty batch"),
+        (good[0], "add a batch axis"),
+        (good[:, :16, :16], "got 16x16 images"),
+        (good.astype(np.float32) * 1e6, "got values from 0 to"),
+        (-good.astype(np.float32), "clip them to 0..255"),
+        (good.astype(bool), "got bool values"),
+    ]:
+        with pytest.raises(ValueError, match=words) as error:
+            module.embed_pixels(path, bad)
+        assert "(B, 32, 32, 3)" in str(error.value)
+    np.testing.assert_allclose(
+        module.embed_pixels(path, good), _keras(run, good), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_int8_on_real_images(run):

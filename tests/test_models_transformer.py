@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from care_testing import n_params
+from care_testing import n_params, tiny_care
 
 import care_tf
 from care_tf.models.batch_norm import BatchNorm
@@ -157,3 +157,36 @@ def test_serialisation_round_trip():
     assert clone.get_config() == stack.get_config()
     assert all(b.bn_in.synchronized and b.zero_init_residual for b in clone.blocks)
     np.testing.assert_array_equal(clone(x, training=False).numpy(), y)
+
+
+def test_no_two_fresh_weights_are_equal_unless_constant():
+    """Every random weight is its own draw (issue 21: pos_height and pos_width were one
+    initializer drawn twice, bit-identical). Equal weights may only be constants (BN ones
+    and zeros, zero biases) or a target network's copy of its online weight."""
+    model = tiny_care(num_blocks=2)
+    online = [v for v in model.weights if not v.path.startswith("target_")]
+    seen = {}
+    for v in online:
+        value = v.numpy()
+        if np.all(value == value.flat[0]):  # a constant (BN gamma/beta/statistics, bias)
+            continue
+        key = (value.shape, value.tobytes())
+        assert key not in seen, f"{v.path} equals {seen[key]}"
+        seen[key] = v.path
+    stack = model.transformer.blocks
+    assert all(b.attention.pos_height.shape == b.attention.pos_width.shape for b in stack)
+    assert len(seen) > 40  # the random weights were all looked at
+
+
+def test_position_tables_are_seeded():
+    """Two layers built after the same global seed are equal; the tables differ."""
+    layers_ = []
+    for _ in range(2):
+        keras.utils.set_random_seed(7)
+        layer = care_tf.MultiHeadSelfAttention2D(num_heads=2, head_dim=8)
+        layer.build((None, 4, 4, 16))
+        layers_.append(layer)
+    a, b = layers_
+    np.testing.assert_array_equal(a.pos_height.numpy(), b.pos_height.numpy())
+    np.testing.assert_array_equal(a.pos_width.numpy(), b.pos_width.numpy())
+    assert not np.array_equal(a.pos_height.numpy(), a.pos_width.numpy())

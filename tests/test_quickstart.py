@@ -8,6 +8,9 @@ import sys
 import pytest
 
 from care_tf import quickstart
+from care_tf.train.config_names import resolve_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # 2 steps of batch 16, probes on 256 images per split, 2 probe epochs, 16 calibration images.
 TINY = [
@@ -85,7 +88,10 @@ def test_commands_pass_the_budget_through():
 def test_default_config_is_the_quickstart_yaml():
     args = quickstart.build_parser().parse_args([])
     assert args.model_dir == "runs/quickstart"
-    assert os.path.samefile(args.config, quickstart.DEFAULT_CONFIG)
+    assert args.config == "quickstart"  # the shipped config, by name
+    assert os.path.samefile(
+        resolve_config(args.config), os.path.join(ROOT, "configs", "quickstart.yaml")
+    )
     assert args.quantize == "int8" and args.probe_epochs == 20
 
 

@@ -31,7 +31,8 @@ def test_classification():
 def test_cases_cover_every_entry_point(tmp_path):
     cases = bench.build_cases(str(tmp_path))
     names = [c.name for c in cases]
-    for prefix in ("train:", "evaluate:", "export:", "make_tfrecords:", "care_tf.train --help"):
+    prefixes = ("train:", "evaluate:", "export:", "make_tfrecords:", "convert:")
+    for prefix in (*prefixes, "care_tf.train --help"):
         assert any(n.startswith(prefix) for n in names), prefix
     assert len(set(names)) == len(names)
     assert any(c.needs for c in cases)  # the cases that wait for other fixes are marked

@@ -96,6 +96,59 @@ def test_non_finite_pixels_are_refused(module, bad):
     assert "images must be finite" in message
 
 
+@pytest.mark.parametrize(
+    "signature, value, words",
+    [
+        ("serve_float", tf.zeros([0, 40, 40, 3]), "(B, H, W, C)"),
+        ("serve_float", tf.zeros([40, 40]), "(B, H, W, C)"),
+        ("serve_float", tf.zeros([]), "(B, H, W, C)"),
+        ("serve_float", tf.zeros([1, 1, 40, 40, 3]), "(B, H, W, C)"),
+        ("serve_uint8", tf.zeros([0, 40, 40, 3], tf.uint8), "(B, H, W, C)"),
+        ("serve_image_bytes", tf.constant([], tf.string), "(B,) of encoded images"),
+        ("serve_image_bytes", tf.constant([[b"x"]]), "(B,) of encoded images"),
+        ("serve_image_bytes", tf.constant(b"x"), "(B,) of encoded images"),
+    ],
+)
+def test_wrong_batch_shapes_are_refused_naming_the_shape(module, signature, value, words):
+    message = _refused(getattr(module, signature), value)
+    assert words in message
+    assert ("empty batch" in message) == (value.shape.rank > 0 and value.shape[0] == 0)
+
+
+def test_saved_signatures_check_the_rank(tmp_path, module):
+    """The check survives saving (a declared rank would let Grappler fold it away)."""
+    tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": module.serve_float})
+    serve = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
+    assert "(B, H, W, C)" in _refused(lambda x: serve(images=x), tf.zeros([40, 40]))
+    assert serve(images=tf.zeros([1, 40, 40, 3]))["embedding"].shape == (1, 64)
+    # The TF1 session loader, as TF Serving runs the graph.
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta = tf.compat.v1.saved_model.load(sess, ["serve"], str(tmp_path))
+        sig = meta.signature_def["serving_default"]
+        fetch, feed = sig.outputs["embedding"].name, sig.inputs["images"].name
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(B, H, W, C\)"):
+            sess.run(fetch, {feed: np.zeros([40, 40], np.float32)})
+        with pytest.raises(tf.errors.InvalidArgumentError, match="float pixels in 0..255"):
+            sess.run(fetch, {feed: np.full([1, 40, 40, 3], 1e6, np.float32)})
+        assert sess.run(fetch, {feed: np.zeros([2, 40, 40, 3], np.float32)}).shape == (2, 64)
+
+
+@pytest.mark.parametrize("scale, offset", [(1e6, 0.0), (1.0, -255.0), (0.0, 1e30), (1.0, 0.5)])
+def test_float_pixels_outside_0_255_are_refused(module, scale, offset):
+    pixels = np.random.default_rng(0).uniform(0, 255, (1, 40, 40, 3)).astype(np.float32)
+    message = _refused(module.serve_float, tf.constant(pixels * scale + offset))
+    assert "images must be float pixels in 0..255" in message
+
+
+def test_pixels_at_the_range_ends_and_0_1_pixels_are_served(module):
+    """0 and 255 are valid pixels; 0..1 pixels cannot be told from a dark image (served;
+    docs/export.md warns about it)."""
+    ends = np.zeros((1, 40, 40, 3), np.float32)
+    ends[0, :20] = 255.0
+    assert module.serve_float(tf.constant(ends))["embedding"].shape == (1, 64)
+    assert module.serve_float(tf.constant(ends / 255.0))["embedding"].shape == (1, 64)
+
+
 def test_limits_are_validated_and_recorded():
     with pytest.raises(ValueError, match="max_aspect_ratio"):
         preprocess.SizeLimits(max_pixels=10, max_aspect_ratio=0.5)

@@ -146,3 +146,26 @@ def test_docs_configs_md_up_to_date():
             "docs/configs.md is stale: run "
             "`python -m care_tf.train.config --markdown > docs/configs.md`"
         )
+
+
+def test_data_augment_sets_the_two_view_augmentation():
+    from care_tf.train.experiment import make_augmenter
+
+    cfg = C.load_config(None, ["data.augment={scale: [0.2, 1.0], blur_prob: [0.0, 0.0]}"])
+    aug = make_augmenter(cfg)
+    assert aug.scale == (0.2, 1.0) and aug.blur_prob == (0.0, 0.0)
+    assert aug.solarize_prob == (0.0, 0.2)  # the paper's where not overridden
+    assert aug.seed_value == cfg.train.seed
+    default = make_augmenter(C.load_config(None, []))
+    assert default.scale == (0.08, 1.0) and default.blur_prob == (1.0, 0.1)
+
+
+@pytest.mark.parametrize(
+    "augment", ["{scales: [0.2, 1.0]}", "{scale: [0.0, 1.0]}", "{blur_prob: [2.0, 0.0]}"]
+)
+def test_data_augment_errors_name_the_key(augment):
+    from care_tf.train.experiment import make_augmenter
+
+    cfg = C.load_config(None, [f"data.augment={augment}"])
+    with pytest.raises(C.ConfigError, match=r"^Config key .data.augment."):
+        make_augmenter(cfg)

@@ -12,12 +12,14 @@ import argparse
 import os
 import sys
 
+from care_tf.cli_errors import add_debug_flag, describe, prog_name
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m care_tf.convert",
+        prog=prog_name("care_tf.convert"),
         description=(
             "Convert the CARE authors' PyTorch checkpoints (torch.save zip format) into a run "
             "directory: backbone.keras, model.keras (online + target networks), and with "
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a non-empty --out directory"
     )
+    add_debug_flag(parser)
     return parser
 
 
@@ -66,8 +69,15 @@ def main(argv: list[str] | None = None) -> int:
             image_size=args.image_size,
         )
     except (ConvertError, CheckpointError, MappingError, FileNotFoundError) as err:
+        if args.debug:
+            raise
         message = " ".join(str(err).split())
         parser.exit(2, f"error: {message}\n")
+    except Exception as err:  # anything no check anticipated: one line, not a traceback
+        if args.debug:
+            raise
+        message, status = describe(err)
+        parser.exit(status, f"error: {message}\n")
     return 0
 
 

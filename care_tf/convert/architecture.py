@@ -55,10 +55,28 @@ class HeadSpec:
     projection_dim: int
 
 
-def _shape(shapes: Mapping[str, tuple], key: str) -> tuple:
+# What each tensor read here must look like (PyTorch layouts).
+CONV = (4, "a convolution kernel (out, in, kh, kw)")
+LINEAR = (2, "a linear weight (out, in)")
+POSITION = (2, "a position embedding (map side, head dim)")
+
+
+def checked_shape(shapes: Mapping[str, tuple], key: str, kind: tuple[int, str]) -> tuple:
+    """The shape of `key`, checked to be of `kind` (rank, description) with no empty axis.
+
+    Raises:
+        MappingError: the key is missing or its shape is not of that kind.
+    """
     if key not in shapes:
         raise MappingError(f"missing key {key!r}, needed to tell the architecture.")
-    return tuple(shapes[key])
+    shape = tuple(int(d) for d in shapes[key])
+    rank, what = kind
+    if len(shape) != rank or min(shape, default=0) < 1:
+        raise MappingError(
+            f"{key} has shape {shape}; expected {what}, {rank} axes of size >= 1. The file "
+            "is damaged or is not a checkpoint of the authors' CARE code."
+        )
+    return shape
 
 
 def _indices(shapes: Mapping[str, tuple], pattern: str) -> list[int]:
@@ -70,7 +88,7 @@ def infer_backbone(shapes: Mapping[str, tuple], prefix: str) -> BackboneSpec:
     """The ResNet under `prefix` (e.g. `student_encoder.`, `encoder.`)."""
     from care_tf.models.resnet import RESNET_SPECS
 
-    stem_shape = _shape(shapes, f"{prefix}conv1.weight")
+    stem_shape = checked_shape(shapes, f"{prefix}conv1.weight", CONV)
     base = int(stem_shape[0])
     stems = {7: "imagenet", 3: "cifar"}
     if stem_shape[2] not in stems:
@@ -91,7 +109,7 @@ def infer_backbone(shapes: Mapping[str, tuple], prefix: str) -> BackboneSpec:
             f"The ResNet under {prefix!r} has {block_type} blocks {blocks} per stage, which is "
             f"none of ResNet-{', -'.join(str(d) for d in RESNET_SPECS)}."
         )
-    inner = int(_shape(shapes, f"{prefix}layer1.0.conv1.weight")[0])
+    inner = int(checked_shape(shapes, f"{prefix}layer1.0.conv1.weight", CONV)[0])
     width = inner / base
     return BackboneSpec(
         depth, base, int(width) if width == int(width) else width, stems[stem_shape[2]]
@@ -113,9 +131,9 @@ def infer_transformer(shapes: Mapping[str, tuple], prefix: str) -> TransformerSp
                 f"{rel[0]}: the checkpoint uses relative position embeddings "
                 "(rel_pos_emb=True); care_tf's TransStack has the paper's absolute embedding."
             )
-    out_channels = int(_shape(shapes, f"{first}net.7.weight")[0])
-    inner = int(_shape(shapes, f"{first}net.0.weight")[0])
-    fmap, head_dim = _shape(shapes, f"{first}net.3.pos_emb.height")
+    out_channels = int(checked_shape(shapes, f"{first}net.7.weight", CONV)[0])
+    inner = int(checked_shape(shapes, f"{first}net.0.weight", CONV)[0])
+    fmap, head_dim = checked_shape(shapes, f"{first}net.3.pos_emb.height", POSITION)
     if inner % head_dim or out_channels % inner:
         raise MappingError(
             f"TransStack widths under {prefix!r} (inner {inner}, head dim {head_dim}, out "
@@ -123,7 +141,7 @@ def infer_transformer(shapes: Mapping[str, tuple], prefix: str) -> TransformerSp
         )
     downsample = True
     if len(blocks) > 1:
-        second = _shape(shapes, f"{prefix}net.1.net.3.pos_emb.height")[0]
+        second = checked_shape(shapes, f"{prefix}net.1.net.3.pos_emb.height", POSITION)[0]
         downsample = second != fmap
     else:
         downsample = f"{first}shortcut.0.weight" in shapes
@@ -140,8 +158,8 @@ def infer_transformer(shapes: Mapping[str, tuple], prefix: str) -> TransformerSp
 
 def infer_heads(shapes: Mapping[str, tuple], prefix: str) -> HeadSpec:
     """MLP widths from `{prefix}0.weight` (hidden x in) and `{prefix}3.weight` (out x hidden)."""
-    hidden = int(_shape(shapes, f"{prefix}0.weight")[0])
-    projection = int(_shape(shapes, f"{prefix}3.weight")[0])
+    hidden = int(checked_shape(shapes, f"{prefix}0.weight", LINEAR)[0])
+    projection = int(checked_shape(shapes, f"{prefix}3.weight", LINEAR)[0])
     return HeadSpec(hidden, projection)
 
 

@@ -2,7 +2,8 @@
 
 Written aside (a temporary directory next to `out`) and renamed into place:
 
-    RUN_DIR/backbone.keras     the online ResNet (what evaluate / export read)
+    RUN_DIR/backbone.keras     the online ResNet in Keras' built-in layers (what evaluate /
+                               export read; loads without care_tf)
     RUN_DIR/model.keras        the full CARE model, online + target (pretraining
                                checkpoints holding both networks)
     RUN_DIR/classifier.keras   backbone + the authors' linear head (with a linear checkpoint)
@@ -160,7 +161,7 @@ def convert_linear(state: StateDict, image_size: int):
     spec = arch.infer_backbone(shapes, "encoder.")
     if "classifier.0.weight" not in shapes:
         raise mapping.MappingError(f"{state.path}: no classifier.0.weight (the linear layer).")
-    num_classes, features = shapes["classifier.0.weight"]
+    num_classes, features = arch.checked_shape(shapes, "classifier.0.weight", arch.LINEAR)
     backbone = arch.build_backbone(spec, image_size)
     head = make_linear_head(int(num_classes), name="linear_head")
     head.build((None, int(features)))
@@ -358,10 +359,9 @@ def convert_checkpoint(
         for name, model in files.items():
             log(f"[convert] writing {name}")
             if name == run_dir.BACKBONE:  # the plain Keras model every run has
-                from care_tf.models.backbone import feature_extractor
-
-                model = feature_extractor(model)
-            model.save(os.path.join(tmp, name))
+                run_dir.save_backbone(model, os.path.join(tmp, name))
+            else:
+                model.save(os.path.join(tmp, name))
         import yaml
 
         name = os.path.splitext(os.path.basename(checkpoint))[0]

@@ -238,15 +238,47 @@ def build_parser() -> argparse.ArgumentParser:
         prog=prog_name("care_tf.data.make_tfrecords"),
         description="Convert an image folder to sharded TFRecords.",
     )
-    parser.add_argument("src", help="image folder (class sub-folders, or flat)")
-    parser.add_argument("out_dir", help="output directory")
-    parser.add_argument("--split", default="train", help="split to convert (default: train)")
-    parser.add_argument("--num_shards", type=int, default=None, help="number of shards")
     parser.add_argument(
-        "--shard_size", type=int, default=1000, help="images per shard (default: 1000)"
+        "src",
+        metavar="SRC_FOLDER",
+        help="image folder: class sub-folders (labelled) or images directly in it (flat, label -1)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="file shuffle seed")
-    parser.add_argument("--skip_corrupt", action="store_true", help="skip unreadable images")
+    parser.add_argument(
+        "out_dir",
+        metavar="OUT_DIR",
+        help="output directory (created): SPLIT-0000i-of-0000n.tfrecord shards and "
+        "dataset_info.json; read them back with the source tfrecord:OUT_DIR",
+    )
+    parser.add_argument(
+        "--split",
+        default="train",
+        help="which images to convert, and the name of the shards: SRC_FOLDER/SPLIT when "
+        "that sub-folder exists (e.g. SRC_FOLDER/val/CLASS/...), else SRC_FOLDER itself, "
+        "which only --split train may name (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--num_shards",
+        type=int,
+        default=None,
+        help="number of shards (default: as many as --shard_size needs, ceil(images / shard_size))",
+    )
+    parser.add_argument(
+        "--shard_size",
+        type=int,
+        default=1000,
+        help="images per shard, when --num_shards is not given (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the file shuffle that mixes classes across shards (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--skip_corrupt",
+        action="store_true",
+        help="skip (and count) images TensorFlow cannot decode instead of stopping",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",

@@ -1,4 +1,4 @@
-"""Command line: `python -m care_tf.evaluate {linear,knn,attention} ...`.
+"""Command line: `python -m care_tf.evaluate {linear,knn,attention,classifier,finetune} ...`.
 
     python -m care_tf.evaluate linear --model_dir runs/care --dataset fashion_mnist
     python -m care_tf.evaluate linear --model_dir runs/care --dataset fashion_mnist \
@@ -6,13 +6,17 @@
     python -m care_tf.evaluate knn --model_dir runs/care --dataset fashion_mnist --limit 5000
     python -m care_tf.evaluate attention --model_dir runs/byol --model_dir runs/care \
         --dataset fashion_mnist --num_images 8
+    python -m care_tf.evaluate finetune --model_dir runs/care --dataset fashion_mnist \
+        --label_fraction 0.01
     python -m care_tf.evaluate detect --model_dir runs/care --dataset coco:data/scenes
     python -m care_tf.evaluate segment --model_dir runs/care --dataset coco:data/scenes
 
 Results go to `--out` (default `MODEL_DIR/eval/`): `linear.json` or `knn.json`,
 `linear_confusion.png` / `knn_confusion.png`, `attention.png`; a run with `--limit N`
 writes `knn_limitN.json` etc., never overwriting the full evaluation. `--model_dir`
-takes a run directory, its `backbone.keras` or its full `model.keras`. A wrong
+takes a run directory, its `backbone.keras` or its full `model.keras` (whose results
+are `knn_model.json` etc., apart from the directory's). `--dataset` defaults to the
+run's own (its config.yaml's `monitor.source`, else `data.source`). A wrong
 argument, file or folder ends in one `error:` line (exit 2); `--debug` shows the
 traceback. See docs/evaluation.md.
 """
@@ -39,6 +43,39 @@ def load_backbone(model_dir: str):
         return _load(model_dir)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(f"--model_dir: {e}") from e
+
+
+def _is_model_file(model_dir: str) -> bool:
+    return model_dir.endswith(".keras") or os.path.isfile(model_dir)
+
+
+def dataset_of_run(model_dir: str) -> str:
+    """The labelled source a run was trained and monitored on, from its config.yaml:
+    `monitor.source`, else `data.source` (what `--dataset` defaults to)."""
+    import yaml
+
+    from care_tf.model_dir import CONFIG, read_config
+
+    if not os.path.exists(model_dir):
+        raise UsageError(f"--model_dir {model_dir!r} does not exist.")
+    run = os.path.dirname(model_dir) if _is_model_file(model_dir) else model_dir
+    try:
+        config = read_config(run)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UsageError(
+            f"--dataset is required: {os.path.join(run, CONFIG)} cannot be read ({e})."
+        ) from e
+    config = config if isinstance(config, dict) else {}
+    monitor, data = config.get("monitor") or {}, config.get("data") or {}
+    spec = (monitor.get("source") if isinstance(monitor, dict) else None) or (
+        data.get("source") if isinstance(data, dict) else None
+    )
+    if not isinstance(spec, str) or not spec:
+        raise UsageError(
+            f"--dataset is required: {run!r} holds no {CONFIG} naming the dataset the run "
+            "was trained on (e.g. --dataset fashion_mnist)."
+        )
+    return spec
 
 
 def image_size_of(backbone, override: int | None) -> int:
@@ -112,8 +149,7 @@ def default_out(model_dir: str, out: str | None) -> str:
     """`--out`, else `MODEL_DIR/eval` (next to the `.keras` file if one was given)."""
     if out:
         return out
-    is_file = model_dir.endswith(".keras") or os.path.isfile(model_dir)
-    base = os.path.dirname(model_dir) if is_file else model_dir
+    base = os.path.dirname(model_dir) if _is_model_file(model_dir) else model_dir
     return os.path.join(base, "eval")
 
 
@@ -203,7 +239,8 @@ def _save_results(args, kind: str, results: dict, title: str) -> dict:
     """Writes `kind`.json and its confusion-matrix PNG; returns results with their paths."""
     from care_tf.evaluate.report import plot_confusion_matrix, result_name, write_json
 
-    stem = result_name(kind, args.limit)
+    model_file = args.model_dir if _is_model_file(args.model_dir) else None
+    stem = result_name(kind, args.limit, model_file)
     json_path, png_path = _out_paths(default_out(args.model_dir, args.out), stem)
     plot_confusion_matrix(
         results["confusion_matrix"],
@@ -328,6 +365,27 @@ def run_classifier(args) -> dict:
     return _save_results(args, "classifier", results, "Classifier")
 
 
+def run_finetune(args) -> dict:
+    """Fine-tuning with few labels (care_tf.transfer.finetune)."""
+    from care_tf.transfer.finetune import run_finetune as finetune
+
+    return finetune(
+        args.model_dir,
+        args.dataset,
+        label_fraction=args.label_fraction,
+        out=default_out(args.model_dir, args.out),
+        train_split=args.train_split,
+        eval_split=args.eval_split,
+        data_dir=args.data_dir,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        seed=args.seed,
+        verbose=0 if args.quiet else "auto",
+    )
+
+
 def run_attention(args) -> dict:
     """Attention overlays of one or more backbones on the first N images of a split."""
     from care_tf.evaluate.attention import attention_maps, save_attention_grid
@@ -397,26 +455,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_debug_flag(parser)
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{linear,knn,attention,classifier,detect,segment}"
+        dest="command",
+        required=True,
+        metavar="{linear,knn,attention,classifier,finetune,detect,segment}",
     )
 
-    def data_args(p, splits=True):
+    def data_args(p, splits=True, train_split=True):
         p.add_argument(
             "--dataset",
-            required=True,
-            help="fashion_mnist | tfds:NAME | folder:/path | tfrecord:/glob",
+            default=None,
+            help="labelled images: fashion_mnist | tfds:NAME | folder:/path | tfrecord:/glob "
+            "(default: the run's own, monitor.source else data.source of MODEL_DIR/config.yaml)",
         )
         p.add_argument(
             "--data_dir",
             default=None,
             help="TFDS data dir or Fashion-MNIST IDX folder (default: built-in)",
         )
-        if splits:
+        if splits and train_split:
             p.add_argument(
                 "--train_split",
                 default="train",
                 help="labelled split to train on / memory bank (default: train)",
             )
+        if splits:
             p.add_argument(
                 "--eval_split", default="test", help="split to evaluate on (default: test)"
             )
@@ -428,23 +490,26 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    def common(p):
+    def common(p, train_split=True):
         p.add_argument(
             "--model_dir",
             required=True,
             help="training run directory, or its backbone.keras or model.keras file",
         )
-        data_args(p)
+        data_args(p, train_split=train_split)
         p.add_argument("--batch_size", type=int, default=256, help="batch size (default: 256)")
         p.add_argument(
             "--limit",
             type=int,
             default=None,
             help="use at most N examples per split (smoke runs); results go to "
-            "KIND_limitN.json, apart from the full evaluation's",
+            "KIND_limitN.json, apart from the full evaluation's (default: every example)",
         )
         p.add_argument(
-            "--out", default=None, help="output directory or .json path (default: MODEL_DIR/eval/)"
+            "--out",
+            default=None,
+            help="output directory or .json path (default: MODEL_DIR/eval/, where a .keras "
+            "file given as --model_dir writes KIND_FILE.json, e.g. knn_model.json)",
         )
 
     linear = sub.add_parser(
@@ -466,7 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="extract centre-crop features once and train the head on them (fast; no augmentation)",
     )
-    linear.add_argument("--seed", type=int, default=0, help="head init / shuffle seed")
+    linear.add_argument(
+        "--seed", type=int, default=0, help="head init / shuffle seed (default: %(default)s)"
+    )
 
     knn = sub.add_parser(
         "knn",
@@ -488,7 +555,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="accuracy of a trained classifier (classifier.keras, e.g. from care_tf.convert)",
         description="Top-1 / top-5 of MODEL_DIR/classifier.keras on --eval_split; no training.",
     )
-    common(classifier)
+    common(classifier, train_split=False)
+
+    finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune the whole backbone + a linear head on a few labels (SimCLR/BYOL)",
+        description="Semi-supervised protocol of SimCLR/BYOL: a class-balanced, seeded "
+        "subset of the labels (ids written beside the result), the backbone and a linear "
+        "head fine-tuned (SGD Nesterov 0.9, lr 0.05 x batch/256, no weight decay), "
+        "top-1/top-5 on the full --eval_split. See docs/transfer.md.",
+    )
+    finetune.add_argument(
+        "--model_dir",
+        required=True,
+        help="training run directory, or its backbone.keras or model.keras file",
+    )
+    data_args(finetune)
+    finetune.add_argument(
+        "--label_fraction",
+        type=float,
+        required=True,
+        help="share of the training labels, in (0, 1]: 0.01, 0.1 or 1.0 in the papers",
+    )
+    finetune.add_argument(
+        "--batch_size", type=int, default=256, help="batch size, capped by the subset (256)"
+    )
+    finetune.add_argument(
+        "--epochs", type=int, default=None, help="epochs (default: 60 for <= 1%%, else 30)"
+    )
+    finetune.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default: 0.05 x batch / 256)"
+    )
+    finetune.add_argument("--seed", type=int, default=0, help="subset / head / order seed")
+    finetune.add_argument("--out", default=None, help="output directory (default: MODEL_DIR/eval/)")
 
     attention = sub.add_parser(
         "attention",
@@ -586,6 +685,7 @@ COMMANDS = {
     "knn": run_knn,
     "attention": run_attention,
     "classifier": run_classifier,
+    "finetune": run_finetune,
     "detect": run_detect,
     "segment": run_segment,
 }
@@ -599,6 +699,9 @@ def evaluate(argv: list[str] | None = None) -> dict:
 
 def _run(args) -> dict:
     _check_args(args)
+    if args.dataset is None:
+        runs = args.model_dir if isinstance(args.model_dir, list) else [args.model_dir]
+        args.dataset = dataset_of_run(runs[-1])
     return COMMANDS[args.command](args)
 
 

@@ -98,10 +98,16 @@ def plot_confusion_matrix(
     return path
 
 
-def result_name(kind: str, limit: int | None = None) -> str:
-    """File stem of an evaluation's results: `knn`, or `knn_limit5000` for a `--limit` run
-    (so a smoke run never overwrites the full evaluation)."""
-    return f"{kind}_limit{limit}" if limit else kind
+def result_name(kind: str, limit: int | None = None, model_file: str | None = None) -> str:
+    """File stem of an evaluation's results: `knn` for a run directory, `knn_limit5000` for
+    a `--limit` run (a smoke run never overwrites the full evaluation), `knn_model` /
+    `knn_limit5000_model` for a `.keras` file evaluated directly (here `model.keras`),
+    so results of different sources never replace each other."""
+    stem = f"{kind}_limit{limit}" if limit else kind
+    if model_file:
+        name = os.path.basename(os.path.normpath(model_file))
+        stem += "_" + name.removesuffix(".keras")
+    return stem
 
 
 def write_json(results: dict, path: str) -> str:

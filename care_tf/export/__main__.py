@@ -5,6 +5,7 @@ Examples:
     python -m care_tf.export --model_dir runs/quickstart --out exported
     python -m care_tf.export --model_dir runs/quickstart --out exported --format tflite \
         --quantize int8 --calibration fashion_mnist
+    python -m care_tf.export --model_dir runs/care_r50 --out exported --format keras_hub
 
 Exit status: 0 exported and verified; 1 a verification failed; 2 a wrong argument,
 file or folder, or OUT locked by another export (one `error:` line; `--debug`
@@ -44,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--format",
         default="all",
-        choices=["saved_model", "tflite", "all"],
-        help="what to write (default: all)",
+        choices=["saved_model", "tflite", "all", "keras_hub"],
+        help="what to write (default: all = saved_model + tflite); keras_hub: a keras-hub "
+        "preset in OUT/keras_hub/ (with --classifier: a ResNetImageClassifier preset)",
     )
     parser.add_argument("--name", default="care", help="model name (default: care)")
     parser.add_argument(
@@ -122,6 +124,20 @@ def export(args: argparse.Namespace) -> int:
     from care_tf.export.exporter import VerificationError, export_backbone
 
     try:
+        if args.format == "keras_hub":
+            from care_tf.export import ExportError
+            from care_tf.transfer.hub_export import export_keras_hub
+
+            if args.quantize != "none" or args.feature_maps or args.calibration:
+                raise ExportError(
+                    "--format keras_hub writes a keras-hub preset (float32, P2-P5 maps "
+                    "included): drop --quantize, --calibration and --feature_maps."
+                )
+
+            export_keras_hub(
+                args.model_dir, args.out, classifier=args.classifier, overwrite=args.overwrite
+            )
+            return 0
         if args.classifier:
             return _export_classifier(args)
         export_backbone(

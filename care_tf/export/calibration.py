@@ -44,8 +44,11 @@ def _spec_images(spec: str, count: int, split: str) -> list[np.ndarray]:
 
     try:
         source = load_source(spec, split)
-    except ValueError as err:
-        raise ExportError(f"--calibration {spec!r}: {err}") from None
+    except (ValueError, OSError) as err:  # OSError: e.g. a folder: spec that does not exist
+        # The first line says it (TFDS appends its whole catalogue to an unknown name).
+        reason = next((line for line in str(err).splitlines() if line.strip()), str(err))
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
+        raise ExportError(f"--calibration {spec!r}: {reason}") from None
     dataset = source.as_dataset().take(count)
     return [example["image"].numpy() for example in dataset]
 

@@ -43,6 +43,7 @@ from care_tf.export.source import (
     ExportSource,
     check_care_backbone,
     metadata,
+    read_run_config,
     read_step,
     tf_variables,
 )
@@ -79,7 +80,7 @@ def load_classifier_source(model_dir: str) -> tuple[keras.Model, ExportSource]:
             "needed to export it."
         )
     config_dir = os.path.dirname(model_dir) if model_dir.endswith(".keras") else model_dir
-    config = run_dir.read_config(config_dir)
+    config = read_run_config(config_dir)
     source = ExportSource(
         backbone=backbone,
         config=config,
@@ -129,8 +130,8 @@ def write_classifier_saved_model(classifier, source: ExportSource, path: str, to
         num_classes=num_classes_of(classifier),
         top_k=top_k,
         signatures={
-            "serving_default": {"inputs": {"images": "float32 (B, H, W, 1|3) pixels 0..255"}},
-            "serve_uint8": {"inputs": {"images": "uint8 (B, H, W, 1|3)"}},
+            "serving_default": {"inputs": {"images": "float32 (B >= 1, H, W, 1|3) pixels 0..255"}},
+            "serve_uint8": {"inputs": {"images": "uint8 (B >= 1, H, W, 1|3)"}},
             "serve_image_bytes": {"inputs": {"image_bytes": "string (B,) JPEG/PNG/GIF/BMP"}},
             "outputs": outputs,
         },

@@ -29,7 +29,13 @@ import tensorflow as tf
 from care_tf import atomic
 from care_tf.export import calibration as calib
 from care_tf.export import preprocess, saved_model, tflite, verify
-from care_tf.export.source import ExportError, ExportSource, load_source, metadata
+from care_tf.export.source import (
+    ExportError,
+    ExportSource,
+    load_source,
+    metadata,
+    read_train_state,
+)
 from care_tf.locking import DirLock
 
 FORMATS = ("saved_model", "tflite", "all")
@@ -174,6 +180,11 @@ def export_backbone(
         raise ExportError(f"--version must be a positive integer; got {version!r}.")
     if not name or os.sep in name or name.startswith("."):
         raise ExportError(f"--name must be a plain directory name; got {name!r}.")
+    if not isinstance(calibration_samples, int) or calibration_samples < 1:
+        raise ExportError(
+            f"--calibration_samples must be a positive number of images; got "
+            f"{calibration_samples!r} (default 128; more calibrates int8 better)."
+        )
     if quantize == "int8" and not calibration:
         raise ExportError(
             "--quantize int8 needs real images to calibrate on: pass --calibration SPEC "
@@ -217,6 +228,7 @@ def _export_locked(
         f"{size}x{size} input, embedding {source.output_shapes['embedding'][0]}, "
         f"training step {source.step}"
     )
+    warn_if_incomplete(source, log)
     result: dict = {"checks": {}}
 
     real = None
@@ -285,6 +297,7 @@ def _export_locked(
                 },
                 "outputs": {"embedding": f"float32 (B, {source.output_shapes['embedding'][0]})"},
             },
+            input_contract=tflite.input_contract(size, quantize),
             verification=report["checks"],
         )
         atomic.publish_dir(tmp, tfl_path)
@@ -295,6 +308,25 @@ def _export_locked(
 
     log(f"[export] done in {time.time() - started:.0f}s")
     return result
+
+
+def warn_if_incomplete(source: ExportSource, log: Callable[[str], None]) -> bool:
+    """Says on the console when the run stopped before its schedule ended (train_state.json
+    `"complete": false`, e.g. `--max_steps`); returns whether it did."""
+    run = source.model_dir
+    run = os.path.dirname(run) if run.endswith(".keras") else run
+    state = read_train_state(run)
+    if state.get("complete") is not False:
+        return False
+    total = state.get("total_steps")
+    of = f" of {total}" if isinstance(total, int) else ""
+    log(
+        f"[export] warning: this run stopped at step {state.get('step', '?')}{of} before its "
+        "schedule ended (--max_steps?): the backbone is only partly trained. Resume it "
+        "(python -m care_tf.train --model_dir ... --resume) to finish; exporting anyway "
+        '(care_export.json records "complete": false).'
+    )
+    return True
 
 
 def _verify(log, kind: str, path: str, data: dict, quantize: str) -> dict:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# Ranks of our serving inputs. The signatures declare unknown rank (a declared one would
+# let the graph optimiser drop the in-graph rank check), so a client learns it here.
+INPUT_RANKS = {"images": 4, "image_bytes": 1}
+
 
 def predict_request(signature: str, model_name: str = "care", **inputs):
     """A `PredictRequest` for `signature` with numpy/bytes `inputs` (name -> array)."""
@@ -33,9 +37,14 @@ def check_request(request, signature_def) -> list[str]:
             problems.append(f"input {name!r}: dtype {have.dtype} but signature wants {want.dtype}")
         want_dims = [d.size for d in want.tensor_shape.dim]
         have_dims = [d.size for d in have.tensor_shape.dim]
-        if not want.tensor_shape.unknown_rank and (
-            len(want_dims) != len(have_dims)
-            or any(w not in (-1, h) for w, h in zip(want_dims, have_dims, strict=False))
+        if want.tensor_shape.unknown_rank:  # ours: the rank is checked in the graph
+            rank = INPUT_RANKS.get(name)
+            if rank is not None and len(have_dims) != rank:
+                problems.append(
+                    f"input {name!r}: shape {have_dims} but the signature takes rank {rank}"
+                )
+        elif len(want_dims) != len(have_dims) or any(
+            w not in (-1, h) for w, h in zip(want_dims, have_dims, strict=False)
         ):
             problems.append(f"input {name!r}: shape {have_dims} but signature wants {want_dims}")
     return problems

@@ -9,8 +9,9 @@ mean/std. Grayscale (1-channel) images are repeated to 3 channels.
 Requests are checked before any large tensor is made: an image's height x width
 (read from the JPEG/PNG/GIF/BMP header for encoded images, before decoding) must
 be at most `SizeLimits.max_pixels` and its aspect ratio at most
-`SizeLimits.max_aspect_ratio` (both set at export), and float pixels must be
-finite. A request that breaks one fails with InvalidArgument naming the limit.
+`SizeLimits.max_aspect_ratio` (both set at export), a batch must hold at least one
+image, and float pixels must be finite and within 0..255. A request that breaks one
+fails with InvalidArgument naming the limit or the expected shape.
 """
 
 from __future__ import annotations
@@ -86,21 +87,59 @@ def check_size(height: tf.Tensor, width: tf.Tensor, limits: SizeLimits, what: st
     ]
 
 
+PIXEL_RANGE = (0.0, 255.0)
+
+
+def check_batch(tensor: tf.Tensor, rank: int, expected: str) -> tf.Tensor:
+    """`tensor` with static rank `rank`, after run-time checks that it has that rank
+    and at least one example; `expected` (e.g. "images must be (B, H, W, C) ...")
+    starts the InvalidArgumentError message.
+
+    Served signatures take inputs of unknown rank: a declared rank would let
+    TensorFlow's graph optimiser fold this check away, and a 2-D or scalar request
+    would then fail deep inside the model with an unhelpful message.
+    """
+    shape = tf.shape(tensor)
+    rank_ok = tf.debugging.Assert(
+        tf.equal(tf.size(shape), rank), [f"{expected}; got shape", shape], summarize=8
+    )
+    with tf.control_dependencies([rank_ok]):
+        batch = tf.shape(tensor)[0]
+        not_empty = tf.debugging.Assert(
+            batch > 0, [f"{expected}, B >= 1; got an empty batch, shape", shape], summarize=8
+        )
+    with tf.control_dependencies([not_empty]):
+        tensor = tf.identity(tensor)
+    return tf.ensure_shape(tensor, [None] * rank)
+
+
 def check_pixels(images: tf.Tensor, limits: SizeLimits = DEFAULT_LIMITS) -> tf.Tensor:
-    """`images` (B, H, W, C) after checking rank, size and (for floats) finiteness."""
-    checks = [
-        tf.debugging.assert_rank(
-            images, 4, message="images must be a batch (B, H, W, C) of NHWC pixels"
-        )
-    ]
+    """`images` (B, H, W, C) after checking rank, batch, size and, for floats, that
+    every pixel is finite and within 0..255 (`PIXEL_RANGE`).
+
+    Pixels scaled to 0..1 pass (they are within 0..255) and give wrong embeddings:
+    that mistake cannot be told from a dark image (see docs/export.md).
+    """
+    images = check_batch(
+        images, 4, "images must be a batch (B, H, W, C) of NHWC pixels, C = 1 or 3"
+    )
     shape = tf.shape(images)
-    checks += check_size(shape[1], shape[2], limits, "images")
+    checks = check_size(shape[1], shape[2], limits, "images")
     if images.dtype.is_floating:
-        checks.append(
-            tf.debugging.assert_all_finite(
-                images, message="images must be finite pixels 0..255; got NaN or Inf"
-            )
+        finite = tf.debugging.assert_all_finite(
+            images, message="images must be finite pixels 0..255; got NaN or Inf"
         )
+        with tf.control_dependencies([finite]):  # NaN first: it has its own message
+            low, high = tf.reduce_min(images), tf.reduce_max(images)
+            in_range = tf.debugging.Assert(
+                tf.logical_and(low >= PIXEL_RANGE[0], high <= PIXEL_RANGE[1]),
+                [
+                    "images must be float pixels in 0..255 (clip them to that range); got min, max",
+                    low,
+                    high,
+                ],
+            )
+        checks += [finite, in_range]
     with tf.control_dependencies(checks):
         return tf.identity(images)
 
@@ -258,7 +297,13 @@ def decode_image(image_bytes: tf.Tensor, limits: SizeLimits = DEFAULT_LIMITS) ->
 def preprocess_bytes(
     image_bytes: tf.Tensor, image_size: int, limits: SizeLimits = DEFAULT_LIMITS
 ) -> tf.Tensor:
-    """(B,) encoded images (each its own size) -> (B, S, S, 3) normalised float32."""
+    """(B,) encoded images (each its own size) -> (B, S, S, 3) normalised float32.
+
+    Raises (at run time) InvalidArgumentError for anything but a non-empty 1-D batch.
+    """
+    image_bytes = check_batch(
+        image_bytes, 1, "image_bytes must be a batch (B,) of encoded images, one string each"
+    )
 
     def one(encoded: tf.Tensor) -> tf.Tensor:
         image = decode_image(encoded, limits)[tf.newaxis]

@@ -1,8 +1,9 @@
 """SavedModel for TF Serving: raw-pixel and encoded-image signatures, metadata assets.
 
 Signatures (all return float32 `embedding` (B, C5), the pooled res5 features; each
-refuses, with InvalidArgument naming the limit, an image over `max_image_pixels` or
-`max_aspect_ratio` (checked from the header before decoding) and NaN/Inf pixels):
+refuses, with InvalidArgument naming the limit or the expected shape, an image over
+`max_image_pixels` or `max_aspect_ratio` (checked from the header before decoding),
+an empty batch or a wrong rank, and NaN/Inf pixels or float pixels outside 0..255):
 - `serving_default`: `images` float32 (B, H, W, 1|3) pixels in 0..255, any size;
 - `serve_uint8`: `images` uint8 (B, H, W, 1|3), any size;
 - `serve_image_bytes`: `image_bytes` string (B,) encoded JPEG/PNG/GIF/BMP.
@@ -27,11 +28,13 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 
 
 def pixel_spec(dtype: tf.DType) -> tf.TensorSpec:
-    """Any batch, height, width; 1 or 3 channels."""
-    return tf.TensorSpec([None, None, None, None], dtype, name="images")
+    """Pixels (B, H, W, 1|3), declared of unknown rank so that the in-graph check
+    (`preprocess.check_batch`) is not optimised away and can name the expected shape."""
+    return tf.TensorSpec(None, dtype, name="images")
 
 
-BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
+# (B,) encoded images; unknown rank for the same reason.
+BYTES_SPEC = tf.TensorSpec(None, tf.string, name="image_bytes")
 
 
 def build_module(source: ExportSource, feature_maps: bool = False) -> tf.Module:
@@ -104,15 +107,15 @@ def write_saved_model(
         format="saved_model",
         signatures={
             "serving_default": {
-                "inputs": {"images": "float32 (B, H, W, 1|3) pixels 0..255"},
+                "inputs": {"images": "float32 (B >= 1, H, W, 1|3) pixels 0..255"},
                 "outputs": _outputs(source, feature_maps),
             },
             "serve_uint8": {
-                "inputs": {"images": "uint8 (B, H, W, 1|3)"},
+                "inputs": {"images": "uint8 (B >= 1, H, W, 1|3)"},
                 "outputs": _outputs(source, feature_maps),
             },
             "serve_image_bytes": {
-                "inputs": {"image_bytes": "string (B,) encoded JPEG/PNG/GIF/BMP"},
+                "inputs": {"image_bytes": "string (B >= 1,) encoded JPEG/PNG/GIF/BMP"},
                 "outputs": _outputs(source, False),
             },
         },

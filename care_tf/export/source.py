@@ -7,6 +7,7 @@ import json
 import os
 
 import keras
+import yaml
 
 from care_tf import model_dir as run_dir
 from care_tf.version import __version__
@@ -60,7 +61,12 @@ class ExportSource:
         }
         if hasattr(self.backbone, "get_config"):
             try:
-                info["config"] = _jsonable(self.backbone.get_config())
+                config = self.backbone.get_config()
+                if "layers" in config:  # a functional graph (a plain backbone.keras)
+                    from care_tf.models.plain import resnet_arguments
+
+                    config = resnet_arguments(self.backbone) or config
+                info["config"] = _jsonable(config)
             except NotImplementedError:
                 pass
         return info
@@ -105,6 +111,31 @@ def read_step(model_dir: str, config: dict) -> int | str:
     return "unknown"
 
 
+def read_run_config(config_dir: str) -> dict:
+    """The run's config.yaml as a dict ({} when there is none).
+
+    Raises:
+        ExportError: naming the file, when it is not YAML, not UTF-8 text or not a
+            mapping (the export records it and checks the architecture against it).
+    """
+    path = run_dir.path(config_dir, run_dir.CONFIG)
+    try:
+        config = run_dir.read_config(config_dir)
+    except (yaml.YAMLError, ValueError, OSError) as err:  # ValueError: also not UTF-8
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ExportError(
+            f"{path} is not a readable run config (a YAML mapping): {reason[:300]}. Fix it, "
+            "or move it away to export without it (the architecture is then not checked "
+            "against it)."
+        ) from None
+    if not isinstance(config, dict):
+        raise ExportError(
+            f"{path} holds a YAML {type(config).__name__}, not a mapping of settings. Fix it, "
+            "or move it away to export without it."
+        )
+    return config
+
+
 def check_care_backbone(backbone) -> None:
     """Raises ExportError unless `backbone` returns a dict with 4-D res4/res5 and 2-D pooled."""
     outputs = getattr(backbone, "output", None)
@@ -144,6 +175,7 @@ def check_against_config(backbone: keras.Model, config: dict) -> None:
     compared with the saved backbone's.
     """
     from care_tf.models import create_backbone, list_backbones
+    from care_tf.models.plain import resnet_arguments
 
     name = _nested(config, "model.backbone")
     if isinstance(name, dict):  # e.g. {"name": "resnet50", ...}
@@ -164,6 +196,9 @@ def check_against_config(backbone: keras.Model, config: dict) -> None:
         for key in ("base_channels", "stem", "sync_bn"):
             if key in saved:
                 kwargs[key] = saved[key]
+        if "layers" in saved:  # a plain backbone.keras: read its ResNet arguments back
+            arguments = resnet_arguments(backbone)
+            kwargs.update({k: arguments[k] for k in ("base_channels", "stem") if k in arguments})
     try:
         reference = create_backbone(name, **kwargs)
     except (TypeError, ValueError):  # a factory without those arguments: shapes only
@@ -207,7 +242,7 @@ def load_source(model_dir: str, image_size: int | None = None) -> ExportSource:
     check_care_backbone(backbone)
     is_file = model_dir.endswith(".keras") or os.path.isfile(model_dir)
     config_dir = os.path.dirname(model_dir) if is_file else model_dir
-    config = run_dir.read_config(config_dir)
+    config = read_run_config(config_dir)
     check_against_config(backbone, config)
 
     height, width, channels = tuple(backbone.inputs[0].shape[1:])

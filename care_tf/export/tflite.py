@@ -6,6 +6,9 @@ export/tflite_infer.py); normalisation is inside the model. One signature,
 `serving_default`: input `images` (B, S, S, 3) float32 pixels in 0..255 (uint8
 quantised pixels for int8, see the input's quantisation parameters), output
 `embedding` (B, C5) float32 (and `res4`/`res5` with feature maps).
+
+The flatbuffer does not check its input (see `input_contract`, written into the
+model's metadata JSON); export/tflite_infer.py does.
 """
 
 from __future__ import annotations
@@ -28,6 +31,26 @@ SIGNATURE = "serving_default"
 def file_name(name: str, quantize: str) -> str:
     """`NAME_float32.tflite`, `NAME_float16.tflite`, `NAME_dynamic.tflite`, `NAME_int8.tflite`."""
     return f"{name}_{'float32' if quantize == 'none' else quantize}.tflite"
+
+
+def input_contract(image_size: int, quantize: str) -> dict:
+    """What the TFLite model's `images` input must be (written into its metadata JSON).
+
+    The flatbuffer checks none of it: export/tflite_infer.py's `check_pixels` does.
+    """
+    return {
+        "shape": ["B >= 1", image_size, image_size, 3],
+        "dtype": "uint8 (quantised with the input's scale and zero point)"
+        if quantize == "int8"
+        else "float32",
+        "values": "finite RGB pixels 0..255 (not 0..1, not normalised)",
+        "preprocessing": f"resize the shorter side to {preprocess.resize_size(image_size)} "
+        f"(bilinear), centre-crop {image_size}x{image_size}; normalisation is in the model",
+        "checked_by": "export/tflite_infer.py check_pixels (embed, embed_pixels)",
+        "unchecked_by_the_model": "the TFLite runtime accepts other sizes, 1 channel, a "
+        "rank-3 image and NaN, and returns wrong embeddings; 4 channels or an empty batch "
+        "fail with 'XNNPack delegate failed to reshape'",
+    }
 
 
 def _module(source: ExportSource, feature_maps: bool) -> tf.Module:

@@ -74,12 +74,18 @@ class MultiHeadSelfAttention2D(keras.layers.Layer):
             3 * inner, 1, "qkv", self.dtype_policy, matmul=use_matmul(1, height, width)
         )
         self.qkv.build(input_shape)
-        init = keras.initializers.RandomNormal(stddev=self.head_dim**-0.5)
+        # One initializer per table: an unseeded Keras initializer fixes its seed when
+        # made, so drawing one twice gives equal tables (then (y, x) and (x, y) share an
+        # embedding). Two instances draw independently, each from Keras' global seed.
         self.pos_height = self.add_weight(
-            shape=(self.fmap_size[0], self.head_dim), initializer=init, name="pos_height"
+            shape=(self.fmap_size[0], self.head_dim),
+            initializer=keras.initializers.RandomNormal(stddev=self.head_dim**-0.5),
+            name="pos_height",
         )
         self.pos_width = self.add_weight(
-            shape=(self.fmap_size[1], self.head_dim), initializer=init, name="pos_width"
+            shape=(self.fmap_size[1], self.head_dim),
+            initializer=keras.initializers.RandomNormal(stddev=self.head_dim**-0.5),
+            name="pos_width",
         )
 
     def call(self, inputs):

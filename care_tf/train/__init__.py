@@ -11,6 +11,7 @@ _EXPORTS = {
     "Config": "care_tf.train.config",
     "ConfigError": "care_tf.train.config",
     "load_config": "care_tf.train.config",
+    "list_configs": "care_tf.train.config_names",
     "Experiment": "care_tf.train.experiment",
     "build_experiment": "care_tf.train.experiment",
     "LARS": "care_tf.train.optimizers",

@@ -1,6 +1,7 @@
 """Command line of CARE pre-training.
 
-    python -m care_tf.train --config configs/quickstart.yaml --model_dir runs/quickstart
+    python -m care_tf.train --config quickstart --model_dir runs/quickstart
+    python -m care_tf.train --list_configs
     python -m care_tf.train --config configs/care_r50_100ep.yaml --strategy mirrored \
         --model_dir runs/care_r50_100ep [--set optimizer.base_lr=0.1] [--max_steps N] [--resume]
 
@@ -20,12 +21,30 @@ import typing
 
 from care_tf.cli_errors import add_debug_flag, prog_name, run_cli
 from care_tf.train.config import ConfigError, TrainConfig, load_config, read_yaml
+from care_tf.train.config_names import config_dir, list_configs
 
 EXIT_CONFIG = 2
 EXIT_NAN = 3
 # The names of care_tf.train.strategy.STRATEGIES (which imports TensorFlow): the
 # config's own field lists them too, and a test checks that the three agree.
 STRATEGIES = typing.get_args(typing.get_type_hints(TrainConfig)["strategy"])
+
+
+class ListConfigs(argparse.Action):
+    """`--list_configs`: prints each shipped config's name and file, then exits 0."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        folder = config_dir()
+        names = list_configs()
+        if not names:
+            parser.exit(2, "error: no shipped configs found (a broken install?).\n")
+        width = max(len(n) for n in names)
+        lines = [f"{name:<{width}}  {folder / (name + '.yaml')}\n" for name in names]
+        sys.stdout.write("".join(lines))
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--config",
-        help="YAML experiment config (configs/*.yaml); with --resume "
-        "it defaults to MODEL_DIR/config.yaml",
+        help="experiment config: a YAML file, or the name of a shipped one (quickstart, "
+        "care_r50_100ep, ...; see --list_configs); with --resume it defaults to "
+        "MODEL_DIR/config.yaml",
+    )
+    p.add_argument(
+        "--list_configs",
+        action=ListConfigs,
+        help="print the names of the shipped configs (with their files) and exit",
     )
     p.add_argument(
         "--model_dir",

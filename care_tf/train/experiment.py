@@ -11,9 +11,9 @@ Same config and seed, same model, optimizer, learning-rate schedule, target
 momentum schedule, data subset, augmentation draws and shuffling on both routes.
 
 Example:
->>> exp = care_tf.build_experiment("configs/quickstart.yaml")
+>>> exp = care_tf.build_experiment("quickstart")   # a shipped config's name, or a YAML path
 >>> history = exp.fit()
->>> exp.save("runs/quickstart")   # model.keras + backbone.keras, as the CLI writes
+>>> exp.save("runs/quickstart")   # the CLI's run directory: config.yaml, model.keras, ...
 """
 
 from __future__ import annotations
@@ -64,6 +64,21 @@ def num_examples_of(cfg: Config, source) -> int:
     return int(n)
 
 
+def make_augmenter(cfg: Config):
+    """The config's two-view augmentation: `TwoViewAugment(model.image_size, seed=train.seed,
+    **data.augment)` (the paper's views unless `data.augment` changes them)."""
+    from care_tf.data import TwoViewAugment
+
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.data.augment.items()}
+    try:
+        return TwoViewAugment(cfg.model.image_size, seed=cfg.train.seed, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"Config key 'data.augment' ({cfg.data.augment}): {e}. Its keys are "
+            "care_tf.TwoViewAugment's arguments (scale, ratio, blur_prob, ...); see docs/data.md."
+        ) from e
+
+
 def build_model(cfg: Config, derived: Derived):
     """The compiled CARE model of `cfg` (call inside `strategy.scope()`).
 
@@ -78,9 +93,7 @@ def build_model(cfg: Config, derived: Derived):
         backbone_kwargs["base_channels"] = m.base_channels
     augmenter = None
     if cfg.data.placement == "device":
-        from care_tf.data import TwoViewAugment
-
-        augmenter = TwoViewAugment(m.image_size, seed=cfg.train.seed)
+        augmenter = make_augmenter(cfg)
     model = CARE.from_preset(
         m.backbone,
         m.image_size,
@@ -146,6 +159,7 @@ def make_dataset(
         start_position=start_position,
         service=cfg.data.service,
         service_job=service_job,
+        augment=make_augmenter(cfg) if cfg.data.placement == "host" else None,
     )
 
 
@@ -266,14 +280,33 @@ class Experiment:
         )
 
     def save(self, model_dir: str) -> None:
-        """Writes `model.keras` and `backbone.keras` into `model_dir`, as the CLI does.
+        """Writes the run directory a CLI run ends with, by the CLI's own functions:
+        `config.yaml` (resolved, with `derived:`), `model.keras`, `backbone.keras` and
+        `train_state.json` (step, epoch, lr, momentum, loss, weight digests).
 
+        So every command takes `model_dir` as it takes a CLI run (`care_tf.evaluate`,
+        `care_tf.export`, which reads the training step from `train_state.json`).
         `backbone.keras` is a plain Keras model, images -> pooled features
         (`care_tf.feature_extractor`); `care_tf.load_backbone(model_dir)` reads it.
         """
-        from care_tf import model_dir as layout
+        from care_tf.train import loop
 
-        layout.save_models(self.model, model_dir)
+        step = int(self.model.steps.numpy())
+        total = self.total_steps
+        result = loop.RunResult(
+            step=step,
+            epoch=step // self.steps_per_epoch,
+            total_steps=total,
+            complete=step >= total,
+            lr=self.schedule.value(min(step, total)),
+            momentum=float(self.model.momentum()),
+            # The running metrics of the last epoch, as the CLI's step function reports them.
+            logs={m.name: float(m.result()) for m in self.model.metrics} if step else {},
+        )
+        if self.worker.is_chief:
+            os.makedirs(model_dir, exist_ok=True)
+            loop.write_config(model_dir, self.config, self.derived)
+        loop.finish(self.model, model_dir, result, self.worker)
 
 
 class StopAtStep(keras.callbacks.Callback):
@@ -301,7 +334,8 @@ def build_experiment(
     the global seed (`train.seed`) and the precision policy (`train.precision`).
 
     Args:
-        config: a YAML path (e.g. `"configs/quickstart.yaml"`) or a `Config`.
+        config: a shipped config's name (`"quickstart"`, see `care_tf.list_configs()`),
+            a YAML path (e.g. `"configs/quickstart.yaml"`) or a `Config`.
         overrides: `section.key=value` strings applied to a YAML config
             (as the CLI's `--set`).
         strategy: tf.distribute strategy to build under. Defaults to the current one.

@@ -37,7 +37,7 @@ from care_tf.train.callbacks import (
     check_finite,
 )
 from care_tf.train.checkpoint import TrainCheckpoint, has_checkpoint_files
-from care_tf.train.config import Config, ConfigError, dump_yaml, resolved_dict
+from care_tf.train.config import Config, ConfigError, Derived, dump_yaml, resolved_dict
 from care_tf.train.experiment import build_experiment, make_dataset
 from care_tf.train.strategy import (
     WorkerInfo,
@@ -209,9 +209,7 @@ def run(
     exp = build_experiment(cfg, strategy=strategy, model_dir=model_dir)
     model, schedule, derived = exp.model, exp.schedule, exp.derived
     if worker.is_chief:
-        atomic.write_text(
-            layout.path(model_dir, layout.CONFIG), dump_yaml(resolved_dict(cfg, derived))
-        )
+        write_config(model_dir, cfg, derived)
 
     worker_batch = cfg.train.global_batch_size // worker.num_workers
     position = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_position")
@@ -345,6 +343,11 @@ def run(
     if tb is not None:
         tb.close()
     return result
+
+
+def write_config(model_dir: str, cfg: Config, derived: Derived) -> None:
+    """Writes the resolved config and its derived values to `model_dir/config.yaml`."""
+    atomic.write_text(layout.path(model_dir, layout.CONFIG), dump_yaml(resolved_dict(cfg, derived)))
 
 
 def finish(model: keras.Model, model_dir: str, result: RunResult, worker: WorkerInfo) -> None:
