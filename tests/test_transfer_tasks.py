@@ -189,7 +189,6 @@ def test_evaluate_detect_cli_on_a_run(scenes, tmp_path):
     assert results["summary"].startswith("detect: AP ")
 
 
-@pytest.mark.slow
 def test_evaluate_segment_cli_on_a_run(scenes, tmp_path):
     run, results, saved = _run_cli(scenes, tmp_path, "segment", "--limit", "2", "--freeze_backbone")
     assert results["paths"]["json"] == str(run / "eval" / "segment_limit2.json")
