@@ -326,6 +326,13 @@ def build_experiment(
     keras.utils.set_random_seed(cfg.train.seed)
     keras.mixed_precision.set_global_policy(cfg.train.precision)
 
+    if cfg.data.service:
+        from care_tf.data.service import wait_for_dispatcher
+
+        try:
+            wait_for_dispatcher(cfg.data.service, cfg.data.service_timeout)
+        except ValueError as e:
+            raise ConfigError(f"Config key 'data.service': {e}") from e
     source = load_train_source(cfg)
     derived = derive(cfg, num_examples_of(cfg, source))
     with strategy.scope():
