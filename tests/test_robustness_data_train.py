@@ -58,3 +58,65 @@ def test_listening_dispatcher_is_reached_at_once():
         server.listen()
         address = f"grpc://127.0.0.1:{server.getsockname()[1]}"
         assert wait_for_dispatcher(address, 5.0) < 1.0
+
+
+# ------------------------------------------------------------------ sources
+TINY = """
+name: tiny
+model: {backbone: resnet18, image_size: 32, base_channels: 8, hidden_dim: 32,
+        projection_dim: 16, transformer_kwargs: {num_blocks: 1}}
+data: {source: fashion_mnist, max_examples: 64, shuffle_buffer: 64}
+schedule: {epochs: 2, warmup_epochs: 0.5}
+train: {global_batch_size: 16, log_every_steps: 1}
+checkpoint: {every_steps: 1, keep: 3}
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return str(path)
+
+
+def _train(capsys, *argv):
+    from care_tf.train import cli
+
+    code = cli.main([*argv, "--no_progress"])
+    return code, capsys.readouterr().err
+
+
+def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path, tiny_config, capsys):
+    from care_tf.data import load_source
+
+    source = load_source("tfds:mnist", data_dir=str(tmp_path / "tfds"))
+    with pytest.raises(FileNotFoundError, match="'mnist' is not prepared .*tfds build mnist"):
+        source.stream()
+    for extra in ([], ["--set", "data.num_examples=128"]):
+        code, err = _train(
+            capsys, "--config", tiny_config, "--model_dir", str(tmp_path / "run"),
+            "--set", "data.source=tfds:mnist", "--set", "data.max_examples=null", *extra,
+        )  # fmt: skip
+        assert code == 2 and err.count("\n") == 1, err
+        assert "'mnist' is not prepared in" in err and "tfds build mnist" in err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip"])
+def test_damaged_idx_gz_is_named(tmp_path, tiny_config, capsys, monkeypatch, damage):
+    import glob
+    import shutil
+
+    from care_tf.constants import FASHION_MNIST_DIR
+
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for path in glob.glob(f"{FASHION_MNIST_DIR}/*.gz"):
+        shutil.copy(path, folder)
+    bad = folder / "train-images-idx3-ubyte.gz"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 3] if damage == "truncated" else b"hello\n")
+    monkeypatch.setenv("CARE_DATA_DIR", str(folder))
+    code, err = _train(capsys, "--config", tiny_config, "--model_dir", str(tmp_path / "run"))
+    assert code == 2 and err.count("\n") == 1, err
+    word = "truncated" if damage == "truncated" else "not a valid gzip file"
+    assert f"{bad} is {word}" in err

@@ -55,6 +55,12 @@ def load_train_source(cfg: Config):
 
 def num_examples_of(cfg: Config, source) -> int:
     """Examples per epoch: `data.num_examples`, else the source's size."""
+    require_prepared = getattr(source, "require_prepared", None)
+    if require_prepared is not None:  # a TFDS dataset that was never built
+        try:
+            require_prepared()
+        except FileNotFoundError as e:
+            raise ConfigError(f"Config key 'data.source' ({cfg.data.source!r}): {e}") from e
     n = cfg.data.num_examples or source.num_examples
     if not n:
         raise ConfigError(
