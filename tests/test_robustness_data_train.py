@@ -3,6 +3,7 @@ an unreachable tf.data service, damaged TFRecord shards, an unprepared TFDS data
 damaged IDX files, out-of-range settings, edited or damaged run files."""
 
 import io
+import os
 import socket
 import time
 
@@ -120,3 +121,97 @@ def test_damaged_idx_gz_is_named(tmp_path, tiny_config, capsys, monkeypatch, dam
     assert code == 2 and err.count("\n") == 1, err
     word = "truncated" if damage == "truncated" else "not a valid gzip file"
     assert f"{bad} is {word}" in err
+
+
+# ------------------------------------------------------------------ TFRecord shards
+def _png(seed: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 256, (12, 12, 3), np.uint8)
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _shards(folder, sizes=(6, 6), features=None) -> list:
+    """Shards `train-0000i-of-...tfrecord` of `sizes` records; their paths."""
+    import tensorflow as tf
+
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for shard, size in enumerate(sizes):
+        path = str(folder / f"train-{shard:05d}-of-{len(sizes):05d}.tfrecord")
+        with tf.io.TFRecordWriter(path) as writer:
+            for i in range(size):
+                feature = features or {
+                    "image/encoded": tf.train.Feature(
+                        bytes_list=tf.train.BytesList(value=[_png(10 * shard + i)])
+                    )
+                }
+                writer.write(
+                    tf.train.Example(
+                        features=tf.train.Features(feature=feature)
+                    ).SerializeToString()
+                )
+        paths.append(path)
+    return paths
+
+
+def _read_all(spec, skip_corrupt=False):
+    from care_tf.data import load_source
+
+    return [e["image"].shape for e in load_source(spec, skip_corrupt=skip_corrupt).as_dataset()]
+
+
+def test_truncated_shard_is_named_or_read_to_its_last_whole_record(tmp_path, capfd):
+    paths = _shards(tmp_path / "shards")
+    data = open(paths[1], "rb").read()
+    open(paths[1], "wb").write(data[:-100])  # ends inside record 5
+    with pytest.raises(ValueError, match=f"shard {paths[1]} is truncated: it ends inside record 5"):
+        _read_all(f"tfrecord:{tmp_path / 'shards'}")
+    assert len(_read_all(f"tfrecord:{tmp_path / 'shards'}", skip_corrupt=True)) == 6 + 5
+    assert f"{paths[1]} ends inside record 5: reading its 5 whole records" in capfd.readouterr().err
+
+
+def test_shard_of_other_records_is_named_or_left_out(tmp_path, capfd):
+    import tensorflow as tf
+
+    good = _shards(tmp_path / "shards", sizes=(4,))
+    other = _shards(
+        tmp_path / "other",
+        sizes=(3,),
+        features={"foo": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))},
+    )
+    moved = str(tmp_path / "shards" / "train-00001-of-00002.tfrecord")
+    os.replace(other[0], moved)
+    with pytest.raises(ValueError, match=f"{moved} has no 'image/encoded' feature .*hold foo"):
+        _read_all(f"tfrecord:{tmp_path / 'shards'}")
+    assert len(_read_all(f"tfrecord:{tmp_path / 'shards'}", skip_corrupt=True)) == 4
+    assert f"{moved} has no 'image/encoded' feature" in capfd.readouterr().err
+    assert good
+
+
+def test_record_failing_its_checksum_is_named_or_skipped(tmp_path):
+    import tensorflow as tf
+
+    from care_tf.data import make_pretrain_dataset
+
+    paths = _shards(tmp_path / "shards", sizes=(8, 8))
+    data = bytearray(open(paths[0], "rb").read())
+    at = 0
+    for _ in range(3):  # the payload of record 3
+        at += 12 + int.from_bytes(data[at : at + 8], "little") + 4
+    data[at + 12 + 40 : at + 12 + 56] = bytes(16)
+    open(paths[0], "wb").write(bytes(data))
+    spec = f"tfrecord:{tmp_path / 'shards'}"
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=f"file {paths[0]} is damaged at record 3"
+    ):
+        _read_all(spec)
+    assert len(_read_all(spec, skip_corrupt=True)) == 3 + 8  # the rest of shard 0 skipped
+    stream = make_pretrain_dataset(
+        spec, batch_size=4, image_size=16, seed=0, repeat=False, placement="device"
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"file {paths[0]} is damaged at"):
+        list(stream)
