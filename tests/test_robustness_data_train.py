@@ -215,3 +215,41 @@ def test_record_failing_its_checksum_is_named_or_skipped(tmp_path):
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"file {paths[0]} is damaged at"):
         list(stream)
+
+
+# ------------------------------------------------------------------ run files
+def test_run_config_that_is_not_yaml_is_named(tmp_path, tiny_config, capsys):
+    from care_tf import model_dir as layout
+    from care_tf.cli_errors import UsageError
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "ckpt-1.index").write_bytes(b"x")
+    (run / "config.yaml").write_text("model: [unclosed\n  x: {")
+    with pytest.raises(UsageError, match=f"config {run}/config.yaml is not valid YAML .*line 2"):
+        layout.read_config(str(run))
+    code, err = _train(capsys, "--config", tiny_config, "--model_dir", str(run), "--resume")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{run}/config.yaml is not valid YAML" in err and "unexpected" not in err
+    code, err = _train(capsys, "--model_dir", str(run), "--resume")  # its own config
+    assert code == 2 and err.count("\n") == 1 and f"{run}/config.yaml is not valid YAML" in err
+    (run / "config.yaml").write_bytes(b"\xff\xfe- 1\n")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        layout.read_config(str(run))
+
+
+def test_loss_of_a_finished_step_comes_from_the_run_logs(tmp_path):
+    import json
+
+    from care_tf.train.loop import logs_at
+
+    (tmp_path / "metrics.csv").write_text(
+        "epoch,step,loss,lr\n1,4,2.5,0.1\n2,8,1.25,0.05\n2,8,1.5,0.05\n"
+    )
+    assert logs_at(str(tmp_path), 8) == {"loss": 1.5, "lr": 0.05}  # the last row of step 8
+    assert logs_at(str(tmp_path), 4)["loss"] == 2.5
+    (tmp_path / "train_state.json").write_text(json.dumps({"step": 12, "loss": 0.75}))
+    assert logs_at(str(tmp_path), 12) == {"loss": 0.75}
+    assert logs_at(str(tmp_path), 16) == {}  # never logged: no made-up number
+    (tmp_path / "metrics.csv").write_bytes(b"\xff\xfe garbage")
+    assert logs_at(str(tmp_path), 12) == {"loss": 0.75}

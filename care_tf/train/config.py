@@ -448,7 +448,9 @@ def read_yaml(path: str, _seen: tuple = ()) -> dict:
         try:
             values = yaml.safe_load(f)
         except yaml.YAMLError as e:
-            raise ConfigError(f"Config file {path} is not valid YAML: {e}") from e
+            from care_tf.model_dir import yaml_problem
+
+            raise ConfigError(f"Config file {path} is not valid YAML ({yaml_problem(e)}).") from e
         except UnicodeDecodeError as e:
             raise ConfigError(f"Config file {path} is not a YAML text file ({e}).") from e
     if values is None:

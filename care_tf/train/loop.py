@@ -123,6 +123,36 @@ def read_train_state(model_dir: str) -> dict:
         return json.load(f)
 
 
+def logs_at(model_dir: str, step: int) -> dict:
+    """The logged figures of `step` (numbers of the last metrics.csv row of that step, else
+    train_state.json's loss when it is of that step); {} when none was recorded."""
+    import csv
+
+    logs: dict = {}
+    try:
+        with open(layout.path(model_dir, layout.METRICS_CSV), newline="") as f:
+            for row in csv.DictReader(f):
+                if str(row.get("step", "")).strip() == str(step):
+                    logs = {}
+                    for key, value in row.items():
+                        try:
+                            logs[key] = float(value)
+                        except (TypeError, ValueError):
+                            pass
+    except (OSError, csv.Error, UnicodeDecodeError):
+        logs = {}
+    if "loss" not in logs:
+        try:
+            state = read_train_state(model_dir)
+        except (OSError, ValueError):
+            state = {}
+        if state.get("step") == step and isinstance(state.get("loss"), (int, float)):
+            logs["loss"] = float(state["loss"])
+    logs.pop("step", None)
+    logs.pop("epoch", None)
+    return logs
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -272,8 +302,14 @@ def run(
         steps=spe,
     )
     throughput = Throughput(cfg.train.global_batch_size)
+    logs: dict = {}
     if start >= end:
-        bar.write(f"Nothing to do: the run is at step {start} (end {end}).")
+        logs = logs_at(model_dir, start)
+        done = "complete" if start >= total else f"at step {start}, past --max_steps {end}"
+        bar.write(
+            f"Nothing to train: the run is {done} (checkpoint of step {start}). Only its final "
+            "files are (re)written: model.keras, backbone.keras and train_state.json."
+        )
     else:
         bar.write(
             f"{cfg.name}: {'resuming at' if start else 'starting'} step {start} of {total} "
@@ -284,7 +320,6 @@ def run(
         callbacks.on_train_begin()
 
     step = start
-    logs: dict = {}
     every = cfg.checkpoint.every_steps
     while step < end:
         epoch = step // spe
