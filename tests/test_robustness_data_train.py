@@ -253,3 +253,23 @@ def test_loss_of_a_finished_step_comes_from_the_run_logs(tmp_path):
     assert logs_at(str(tmp_path), 16) == {}  # never logged: no made-up number
     (tmp_path / "metrics.csv").write_bytes(b"\xff\xfe garbage")
     assert logs_at(str(tmp_path), 12) == {"loss": 0.75}
+
+
+def test_exploded_checkpoint_advice_names_an_earlier_start():
+    import numpy as np
+
+    from care_tf.train.callbacks import NonFiniteStateError
+    from care_tf.train.loop import exploded_checkpoint_error, weights_norm
+
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.full((4,), -2.0, np.float32)]
+    assert weights_norm(arrays) == pytest.approx(np.sqrt(sum((a**2).sum() for a in arrays)))
+    err = NonFiniteStateError("Non-finite weights after step 3 (1 of 9 ...); stopped. Resume...")
+    out = exploded_checkpoint_error(err, "run", 2, 5.9e6, [1])
+    assert isinstance(out, NonFiniteStateError)
+    text = str(out)
+    assert text.startswith("Non-finite weights after step 3 (1 of 9 ...), right after resuming")
+    assert "norm is 5.9e+06 times the initial" in text and "lower learning rate cannot" in text
+    assert "to resume from ckpt-1; kept: ckpt-1), or from scratch" in text
+    only = str(exploded_checkpoint_error(err, "run", 2, 1.5, []))
+    assert "loss of its very first step is already non-finite" in only
+    assert "Restart from scratch in a new --model_dir" in only
