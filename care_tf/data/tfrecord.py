@@ -54,8 +54,9 @@ def count_records(path: str) -> int:
 def truncated_message(path: str, count: int) -> str:
     return (
         f"TFRecord shard {path} is truncated: it ends inside record {count} (after {count} "
-        "whole records; or that record's header is damaged). Rewrite it (python -m care_tf.data.make_tfrecords ... --overwrite), "
-        "or set data.skip_corrupt / skip_corrupt=True to read only its whole records."
+        "whole records; or that record's header is damaged). Rewrite it (python -m "
+        "care_tf.data.make_tfrecords ... --overwrite), or set data.skip_corrupt / "
+        "skip_corrupt=True to read only its whole records."
     )
 
 

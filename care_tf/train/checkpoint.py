@@ -130,6 +130,20 @@ def unreadable_reason(prefix: str) -> str | None:
     return None
 
 
+def _drop_failed_restore() -> None:
+    """Frees a failed restore now, without the "Value in checkpoint could not be found"
+    warnings tf.train would print for it at exit (after the run's own error line)."""
+    import gc
+
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        gc.collect()
+    finally:
+        logger.setLevel(level)
+
+
 def _first_line(error: Exception) -> str:
     text = str(getattr(error, "message", None) or error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
@@ -277,9 +291,8 @@ class TrainCheckpoint:
     def _checkpoint_for(self, prefix: str) -> tf.train.Checkpoint:
         """This run's checkpoint object, keyed as the files at `prefix` are (old or new)."""
         legacy = legacy_weight_map(self._model, prefix)
-        if legacy is None:
-            return self.checkpoint
-        return tf.train.Checkpoint(**{**self._state, "weights": legacy})
+        # A new root object per attempt: a failed restore is dropped with it.
+        return tf.train.Checkpoint(**{**self._state, **({"weights": legacy} if legacy else {})})
 
     def restore_latest(self) -> int | None:
         """Restores the newest checkpoint that reads back whole; its step, None when none.
@@ -298,11 +311,15 @@ class TrainCheckpoint:
             prefix = os.path.join(self.directory, f"ckpt-{candidate}")
             reason = unreadable_reason(prefix)
             if reason is None:
+                trial = self._checkpoint_for(prefix)
                 try:
-                    self._checkpoint_for(prefix).restore(prefix).assert_existing_objects_matched()
+                    trial.restore(prefix).assert_existing_objects_matched()
                 except (tf.errors.OpError, AssertionError, ValueError, IndexError) as e:
                     reason = f"it does not restore ({type(e).__name__}: {_first_line(e)})"
                     misfits.append((candidate, _first_line(e)))
+                if reason is not None:
+                    del trial
+                    _drop_failed_restore()
             if reason is None:
                 step = candidate
                 break
