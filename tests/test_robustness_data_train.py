@@ -273,3 +273,14 @@ def test_exploded_checkpoint_advice_names_an_earlier_start():
     only = str(exploded_checkpoint_error(err, "run", 2, 1.5, []))
     assert "loss of its very first step is already non-finite" in only
     assert "Restart from scratch in a new --model_dir" in only
+
+
+def test_garbage_dataset_info_is_named(tmp_path):
+    from care_tf.data import load_source
+
+    _shards(tmp_path / "shards", sizes=(2,))
+    info = tmp_path / "shards" / "dataset_info.json"
+    for text in ("{not json", "[1, 2]"):
+        info.write_text(text)
+        with pytest.raises(ValueError, match=f"{info} (is not valid JSON|must hold a JSON)"):
+            load_source(f"tfrecord:{tmp_path / 'shards'}")

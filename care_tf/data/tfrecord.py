@@ -233,8 +233,17 @@ def tfrecord_source(path: str, split: str = "train") -> TFRecordSource:
             raise FileNotFoundError(f"No TFRecord files match {path}")
     info_path = os.path.join(folder, INFO_FILE)
     if os.path.isfile(info_path):
-        with open(info_path) as f:
-            info = json.load(f)
+        try:
+            with open(info_path) as f:
+                info = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            raise ValueError(
+                f"{info_path} is not valid JSON ({e}): rewrite the shards with "
+                "make_tfrecords --overwrite, or delete the file (sizes and class names are "
+                "then unknown)."
+            ) from e
+        if not isinstance(info, dict):
+            raise ValueError(f"{info_path} must hold a JSON object (make_tfrecords writes one).")
     class_names = info.get("class_names")
     split_info = info.get("splits", {}).get(split, {})
     num_examples = split_info.get("num_examples") if os.path.isdir(path) else None
