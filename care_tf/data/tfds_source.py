@@ -107,7 +107,14 @@ class TFDSSource(Source):
             name = tf.strings.join([path, "#", tf.strings.as_string(index)])
             return k, name, ex[self.image_key], tf.cast(label, tf.int64)
 
-        ds = record_positions(self.segments(input_context), seed, pipeline, start, window)
+        ds = record_positions(
+            self.segments(input_context),
+            seed,
+            pipeline,
+            start,
+            window,
+            skip_corrupt=self.skip_corrupt,  # a damaged record: named, or its file cut
+        )
         return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 
