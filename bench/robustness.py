@@ -424,6 +424,241 @@ def build_cases(tmp: str) -> list[Case]:
     # ---------------------------------------------------------------- in-process workers
     add(Case("serving + TFLite helper + decoders", [__file__, "--worker", "serving", tmp],
              "ok", check=_worker_results, quick=True))  # fmt: skip
+    cases += data_train_cases(tmp)
+    return cases
+
+
+# ------------------------------------------------- issue 21: training input and run files
+I21_TINY = """
+name: tiny
+model: {backbone: resnet18, image_size: 32, base_channels: 8, hidden_dim: 32,
+        projection_dim: 16, transformer_kwargs: {num_blocks: 1}}
+data: {source: fashion_mnist, max_examples: 128, shuffle_buffer: 64}
+schedule: {epochs: 2, warmup_epochs: 0.5}
+train: {global_batch_size: 16, log_every_steps: 1}
+checkpoint: {every_steps: 1, keep: 3}
+"""
+FOREIGN_RECORDS = (  # a shard of tf.train.Example records without image/encoded
+    "import sys, tensorflow as tf\n"
+    "with tf.io.TFRecordWriter(sys.argv[1]) as w:\n"
+    "    for i in range(8):\n"
+    "        f = {'foo': tf.train.Feature(int64_list=tf.train.Int64List(value=[i]))}\n"
+    "        w.write(tf.train.Example(features=tf.train.Features(feature=f))"
+    ".SerializeToString())\n"
+)
+
+
+def _with_env(env: dict, module: str, args: list) -> list:
+    """argv running `python -m module args` with extra environment variables."""
+    code = (
+        f"import os, runpy, sys\nos.environ.update({env!r})\n"
+        f"sys.argv = [{module!r}, *{args!r}]\nrunpy.run_module({module!r}, run_name='__main__')"
+    )
+    return ["-c", code]
+
+
+def _read_source(spec: str, skip_corrupt: bool, names: str) -> list:
+    """argv reading a source through the Python API: prints one `error:` line and exits 2
+    when the error names `names`, prints the count when it reads through."""
+    code = (
+        "import sys\nfrom care_tf.data import load_source\n"
+        f"try:\n    n = sum(1 for _ in load_source({spec!r}, skip_corrupt={skip_corrupt})"
+        ".as_dataset())\n"
+        "except Exception as e:\n"
+        "    text = getattr(e, 'message', str(e))\n"
+        f"    if {names!r} not in text:\n"
+        "        raise\n"
+        "    print('error: ' + text[text.find('TFRecord'):].splitlines()[0], file=sys.stderr)\n"
+        "    sys.exit(2)\n"
+        "print(n)"
+    )
+    return ["-c", code]
+
+
+def _copy_run(source: str, target: str, edit: Callable | None = None) -> Callable:
+    def setup():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns(".care.lock"))
+        if edit:
+            edit(target)
+
+    return setup
+
+
+def _damage_shards(source: str, target: str, how: str) -> Callable:
+    def setup():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+        shard = os.path.join(target, "train-00001-of-00002.tfrecord")
+        data = open(shard, "rb").read()
+        if how == "truncated":
+            _write(shard, data[:-200])
+        elif how == "foreign":
+            subprocess.run([PY, "-c", FOREIGN_RECORDS, shard], check=True,
+                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})  # fmt: skip
+        else:  # bytes inside record 3's payload: its checksum fails
+            at = 0
+            for _ in range(3):
+                at += 16 + struct.unpack("<Q", data[at : at + 8])[0]
+            _write(shard, data[: at + 40] + bytes(16) + data[at + 56 :])
+
+    return setup
+
+
+def _last_line_has(*words: str) -> Callable:
+    return lambda proc: None if all(w in _last_line(proc.stderr) for w in words) else "unclear"
+
+
+def _printed(value: str) -> Callable:
+    return lambda proc: None if proc.stdout.strip().splitlines()[-1:] == [value] else "silent"
+
+
+def _finished_resume(run: str) -> Callable:
+    def check(proc):
+        state = json.load(open(os.path.join(run, "train_state.json")))
+        said = "Nothing to train" in proc.stderr and " nan" not in proc.stderr
+        return None if said and isinstance(state.get("loss"), float) else "silent"
+
+    return check
+
+
+def _set_aside_together(run: str) -> Callable:
+    def check(proc):
+        folder = os.path.join(run, "checkpoints", "unreadable", "ckpt-2.2")
+        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        together = len(names) == 2 and names[1] == "ckpt-2.index"
+        return None if together and "resuming at step 1" in proc.stderr else "silent"
+
+    return check
+
+
+def data_train_cases(tmp: str) -> list[Case]:
+    """Issue 21, training input and run files: an unreachable tf.data service, damaged
+    TFRecord shards (CLI and Python API), an unprepared TFDS dataset, damaged IDX files,
+    negative settings, an edited or damaged run config, a finished run resumed, a damaged
+    checkpoint set aside twice, a NaN stop on exploded weights."""
+    cases: list[Case] = []
+    add = cases.append
+    d = lambda *parts: os.path.join(tmp, "i21", *parts)  # noqa: E731
+    tiny = _write(d("tiny.yaml"), I21_TINY)
+
+    def t(name, *extra):
+        return [*TRAIN, "--config", tiny, "--model_dir", d("runs", name), "--no_progress",
+                "--max_steps", "2", *extra]  # fmt: skip
+
+    add(Case("train: data.service nobody listens at", t("service", "--set",
+             "data.service=grpc://127.0.0.1:1", "--set", "data.service_timeout=3"),
+             check=_last_line_has("grpc://127.0.0.1:1"), timeout=120))  # fmt: skip
+    for name, override in [
+        ("data.max_examples=-960", "data.max_examples"),
+        ("data.num_examples=-5", "data.num_examples"),
+        ("schedule.warmup_start_lr=-1.0", "schedule.warmup_start_lr"),
+        ("schedule.end_lr=-0.5", "schedule.end_lr"),
+        ("optimizer.epsilon=0", "optimizer.epsilon"),
+    ]:
+        add(Case(f"train: {name}", t(name.split("=")[0], "--set", name),
+                 check=_last_line_has(override), quick=True))  # fmt: skip
+
+    # Sources: an unprepared TFDS dataset, damaged Fashion-MNIST files.
+    empty_tfds = d("tfds_empty")
+    os.makedirs(empty_tfds, exist_ok=True)
+    for name, extra in [("", []), (" with data.num_examples", ["--set", "data.num_examples=128"])]:
+        argv = _with_env({"TFDS_DATA_DIR": empty_tfds}, "care_tf.train", t(
+            f"tfds{len(extra)}", "--set", "data.source=tfds:mnist", "--set",
+            "data.max_examples=null", *extra)[2:])  # fmt: skip
+        add(Case(f"train: tfds:mnist not prepared{name}", argv,
+                 check=_last_line_has("not prepared", "tfds build mnist")))  # fmt: skip
+    fmnist = "/usr/share/datasets/fashion-mnist"
+    for damage in ("truncated", "plain file"):
+        folder = d(f"idx_{damage.split()[0]}")
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(fmnist) if os.path.isdir(fmnist) else []:
+            if name.endswith(".gz"):
+                shutil.copy(os.path.join(fmnist, name), os.path.join(folder, name))
+        bad = os.path.join(folder, "train-images-idx3-ubyte.gz")
+        data = open(bad, "rb").read() if os.path.isfile(bad) else b""
+        _write(bad, data[:50000] if damage == "truncated" else "not gzip\n")
+        argv = _with_env({"CARE_DATA_DIR": folder}, "care_tf.train", t(f"idx{damage[0]}")[2:])
+        add(Case(f"train: CARE_DATA_DIR .gz {damage}", argv, check=_last_line_has(bad)))
+
+    # TFRecord shards: truncated, of other records, failing a checksum.
+    images = d("images")
+    for cls in ("a", "b"):
+        for i in range(16):
+            _write(os.path.join(images, cls, f"{i}.jpg"), _jpeg(i + (50 if cls == "b" else 0)))
+    shards = d("shards")
+    add(Case("i21 make_tfrecords: shards to damage", [*TFRECORDS, images, shards,
+             "--num_shards", "2"], "ok", group="i21tfr"))  # fmt: skip
+    for how in ("truncated", "foreign", "checksum"):
+        damaged = d(f"shards_{how}")
+        spec = f"tfrecord:{damaged}"
+        no_limit = ["--set", f"data.source={spec}", "--set", "data.max_examples=null"]
+        bad = os.path.join(damaged, "train-00001-of-00002.tfrecord")
+        add(Case(f"train: TFRecord shard {how}", t(f"tfr_{how}", *no_limit),
+                 setup=_damage_shards(shards, damaged, how), check=_last_line_has(bad),
+                 group="i21tfr"))  # fmt: skip
+        skip = t(f"tfr_{how}_skip", *no_limit, "--set", "data.skip_corrupt=true")
+        if how != "foreign":  # (with one shard of two left out, 16 images remain: ok too)
+            add(Case(f"train: TFRecord shard {how} with skip_corrupt", skip, "ok",
+                     setup=_damage_shards(shards, damaged, how), group="i21tfr"))  # fmt: skip
+        damage = _damage_shards(shards, damaged, how)  # (again: a case may run alone)
+        add(Case(f"load_source: TFRecord shard {how}", _read_source(spec, False, bad),
+                 setup=damage, group="i21tfr"))  # fmt: skip
+        kept = {"truncated": 31, "foreign": 16, "checksum": 16 + 3}[how]  # of 2 x 16 records
+        add(Case(f"load_source: TFRecord shard {how} with skip_corrupt",
+                 _read_source(spec, True, bad), "ok", check=_printed(str(kept)),
+                 setup=damage, group="i21tfr"))  # fmt: skip
+
+    # Run files: one 2-step run, copied for each case.
+    base = d("runs", "base")
+    add(Case("i21 train: a 2-step run to resume", [*TRAIN, "--config", tiny, "--model_dir",
+             base, "--no_progress", "--max_steps", "2"], "ok", group="i21run"))  # fmt: skip
+
+    def resume(name, *extra):
+        return [*TRAIN, "--model_dir", d("runs", name), "--resume", "--no_progress", *extra]
+
+    def wider(run):
+        path = os.path.join(run, "config.yaml")
+        _write(path, open(path).read().replace("base_channels: 8", "base_channels: 16"))
+
+    add(Case("train: --resume with config.yaml edited to another model",
+             resume("wider", "--max_steps", "3"), setup=_copy_run(base, d("runs", "wider"), wider),
+             check=_last_line_has("do not fit the model of the config"),
+             group="i21run"))  # fmt: skip
+    not_yaml = lambda run: _write(os.path.join(run, "config.yaml"), "model: [x\n  y: {")  # noqa: E731
+    add(Case("train: --resume with a config.yaml that is not YAML",
+             resume("notyaml", "--max_steps", "3"),
+             setup=_copy_run(base, d("runs", "notyaml"), not_yaml),
+             check=_last_line_has("config.yaml is not valid YAML"), group="i21run"))  # fmt: skip
+    add(Case("train: --resume --config with a config.yaml that is not YAML",
+             resume("notyaml2", "--config", tiny, "--max_steps", "3"),
+             setup=_copy_run(base, d("runs", "notyaml2"), not_yaml),
+             check=_last_line_has("config.yaml is not valid YAML"), group="i21run"))  # fmt: skip
+    no_state = lambda run: os.remove(os.path.join(run, "train_state.json"))  # noqa: E731
+    add(Case("train: --resume with nothing left to train keeps the last loss",
+             resume("finished", "--max_steps", "2"), "ok",
+             setup=_copy_run(base, d("runs", "finished"), no_state),
+             check=_finished_resume(d("runs", "finished")), group="i21run"))  # fmt: skip
+
+    def damaged_twice(run):
+        ckpts = os.path.join(run, "checkpoints")
+        _write(os.path.join(ckpts, "unreadable", "ckpt-2", "ckpt-2.index"), b"set aside before")
+        _write(os.path.join(ckpts, "ckpt-2.index"), b"not an sstable")
+
+    add(Case("train: a damaged checkpoint set aside twice keeps its files together",
+             resume("twice", "--max_steps", "2"), "ok",
+             setup=_copy_run(base, d("runs", "twice"), damaged_twice),
+             check=_set_aside_together(d("runs", "twice")), group="i21run"))  # fmt: skip
+
+    # A NaN stop whose last checkpoint already holds exploded weights.
+    exploded = d("runs", "exploded")
+    add(Case("i21 train: lr 1e8 explodes, then stops on NaN", [*TRAIN, "--config", tiny,
+             "--model_dir", exploded, "--no_progress", "--max_steps", "8", "--set",
+             "optimizer.base_lr=1e8"], group="i21nan"))  # fmt: skip
+    add(Case("train: --resume with a lower lr from exploded weights",
+             resume("exploded", "--max_steps", "8", "--set", "optimizer.base_lr=1e7"),
+             check=_last_line_has("already holds exploded weights", "earlier checkpoint"),
+             group="i21nan"))  # fmt: skip
     return cases
 
 

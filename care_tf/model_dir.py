@@ -165,12 +165,37 @@ def load_classifier(model_dir: str):
     return load_keras_file(candidate)
 
 
+def yaml_problem(err: Exception) -> str:
+    """One line saying what a YAML parser (or a text decoder) found wrong, and where."""
+    problem = getattr(err, "problem", None) or getattr(err, "reason", None) or str(err)
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
+
+
 def read_config(model_dir: str) -> dict:
-    """The resolved config of a run as a dict ({} when the run has none)."""
+    """The resolved config of a run as a dict ({} when the run has none).
+
+    Raises:
+        UsageError: the run's config.yaml is not a YAML mapping (the message names it).
+    """
     import yaml
+
+    from care_tf.cli_errors import UsageError
 
     cfg = path(model_dir, CONFIG)
     if not os.path.isfile(cfg):
         return {}
-    with open(cfg) as f:
-        return yaml.safe_load(f) or {}
+    fix = (
+        "Restore it from a copy (or from the config the run was started with, --config), "
+        "or train into a new --model_dir."
+    )
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        message = f"The run's config {cfg} is not valid YAML ({yaml_problem(e)}). {fix}"
+        raise UsageError(message) from e
+    if values is not None and not isinstance(values, dict):
+        raise UsageError(f"The run's config {cfg} is not a mapping of sections. {fix}")
+    return values or {}

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from care_testing import tiny_care
 
+import care_tf
 from care_tf.train import cli
 from care_tf.train.callbacks import NonFiniteLossError, NonFiniteStateError, check_finite
 from care_tf.train.checkpoint import (
@@ -149,6 +150,37 @@ def test_resume_skips_a_damaged_newest_checkpoint(model, tmp_path, capsys, damag
     assert any(n.startswith("ckpt-6") for n in os.listdir(_ckpt(tmp_path, UNREADABLE)))
     ckpt.save(6)
     assert _restore(model, tmp_path)[1] == 6
+
+
+def test_a_checkpoint_set_aside_twice_keeps_its_files_together(model, tmp_path, capsys):
+    ckpt, _, _ = _saved_run(model, tmp_path)
+    for _ in range(2):  # damage ckpt-6, resume (sets it aside), save step 6 again
+        _ckpt(tmp_path, "ckpt-6.index").write_bytes(b"not an sstable")
+        ckpt, step = _restore(model, tmp_path)
+        assert step == 4
+        ckpt.save(6)
+    aside = _ckpt(tmp_path, UNREADABLE)
+    assert sorted(os.listdir(aside)) == ["ckpt-6", "ckpt-6.2"]
+    for folder in ("ckpt-6", "ckpt-6.2"):
+        names = sorted(os.listdir(aside / folder))
+        assert names[0].startswith("ckpt-6.data-") and names[1] == "ckpt-6.index", names
+    assert "moved to" in capsys.readouterr().err
+
+
+def test_checkpoints_of_another_model_name_the_config(model, tmp_path):
+    _saved_run(model, tmp_path)
+    other = care_tf.CARE.from_preset(  # the same model with 16 stem channels instead of 8
+        "resnet18", image_size=32, backbone_kwargs={"base_channels": 16},
+        transformer_kwargs={"num_blocks": 1}, hidden_dim=64, projection_dim=32,
+    )  # fmt: skip
+    other.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    other.optimizer.build(other.trainable_weights)
+    ckpt = TrainCheckpoint(str(tmp_path), other, _iterator(), worker=CHIEF, keep=5)
+    with pytest.raises(CheckpointError, match="read back whole but do not fit the model of the "
+                       "config .*config.yaml or --config.*nothing was moved"):  # fmt: skip
+        ckpt.restore_latest()
+    assert checkpoint_steps(str(tmp_path / "checkpoints")) == [6, 4, 2]
+    assert not _ckpt(tmp_path, UNREADABLE).exists()
 
 
 def test_resume_skips_a_poisoned_checkpoint(model, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,3 +199,26 @@ def test_online_knn_monitor_reaches_the_csv_log(tmp_path):
         rows = list(csv.DictReader(f))
     assert "knn_top1" in rows[-1], rows[-1]
     assert 0.0 < float(rows[-1]["knn_top1"]) <= 1.0  # a fraction
+
+
+@pytest.mark.slow  # ~12 s alone, 30 s on a busy machine (tests/test_robustness_data_train.py
+# checks the loss look-up itself)
+def test_resume_of_a_finished_run_reports_its_last_loss(reference_run, tmp_path):
+    """A resume with nothing left to train (a kill during the final save) says so and keeps
+    the loss of the last step, from metrics.csv, in its message and train_state.json."""
+    model_dir, _ = reference_run
+    copy = tmp_path / "run"
+    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns(".care.lock"))
+    before = _state(copy)
+    os.remove(copy / "train_state.json")  # as if killed before it was written
+    proc = subprocess.run(
+        _cmd(copy, "--strategy", "one_device", "--resume", "--max_steps", str(STEPS)),
+        capture_output=True, text=True, env=_env(), timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Nothing to train: the run is at step 8" in proc.stderr
+    assert "Only its final files are (re)written" in proc.stderr
+    assert f"loss {before['loss']:.4f}" in proc.stderr and "nan" not in proc.stderr
+    after = _state(copy)
+    assert after["loss"] == pytest.approx(before["loss"]) and after["step"] == STEPS
+    assert after["online_sha256"] == before["online_sha256"]

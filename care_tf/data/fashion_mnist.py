@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 
@@ -52,8 +53,15 @@ def fashion_mnist_files(split: str = "train", data_dir: str | None = None) -> tu
 
 
 def _read_idx(path: str, magic: int, ndim: int) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        kind = "truncated" if isinstance(e, EOFError) else "not a valid gzip file"
+        raise ValueError(
+            f"Fashion-MNIST file {path} is {kind} ({e}): replace it with a good copy "
+            "(`make data`, or the four *-ubyte.gz files in CARE_DATA_DIR)."
+        ) from e
     if len(data) < 4 + 4 * ndim or int.from_bytes(data[:4], "big") != magic:
         raise ValueError(f"Not an IDX file with magic number {magic}: {path}")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))

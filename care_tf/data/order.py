@@ -59,6 +59,43 @@ def lane_bounds(total: int, lanes: int) -> np.ndarray:
     return np.array([lane * q + min(lane, r) for lane in range(lanes + 1)], np.int64)
 
 
+def expect_records(
+    records: tf.data.Dataset, path, count, skip_corrupt: bool, first=0
+) -> tf.data.Dataset:
+    """`records` (serialized records of the file `path`, at most `count`) read through
+    damage: a record failing its checksum ends the file's reading (TFRecord readers
+    cannot resynchronise). Without `skip_corrupt` that raises an error naming the file
+    and the record (`first` = index of the first record read); with it the rest of the
+    file is skipped (TensorFlow logs a warning).
+    """
+    records = records.ignore_errors(log_warning=True)
+    if skip_corrupt:
+        return records
+    count = tf.cast(count, tf.int64)
+    end = tf.data.Dataset.from_tensors((tf.constant(False), tf.constant(b"")))
+
+    def check(read, element):
+        real, _ = element
+        ok = tf.logical_or(real, tf.equal(read, count))
+        message = tf.strings.join(
+            [
+                "care_tf.data: TFRecord file ",
+                path,
+                " is damaged at record ",
+                tf.strings.as_string(tf.cast(first, tf.int64) + read),
+                ": it fails its checksum or cannot be read. Rewrite the file, or set "
+                "data.skip_corrupt / skip_corrupt=True to skip the rest of it.",
+            ]
+        )
+        assertion = tf.debugging.Assert(ok, [message])
+        with tf.control_dependencies([assertion]):
+            return read + 1, element
+
+    marked = records.map(lambda r: (tf.constant(True), r)).concatenate(end)
+    checked = marked.scan(tf.constant(0, tf.int64), check)
+    return checked.filter(lambda real, r: real).map(lambda real, r: r)
+
+
 def record_positions(
     segments: list[tuple[str, int, int]],
     seed: int,
@@ -67,6 +104,7 @@ def record_positions(
     window: int = 10_000,
     lanes: int = MAX_LANES,
     read: Callable[[tf.Tensor], tf.data.Dataset] | None = None,
+    skip_corrupt: bool | None = None,
 ) -> tf.data.Dataset:
     """(position, file, record index, record) from `start` on (see the module docstring).
 
@@ -77,6 +115,9 @@ def record_positions(
         window: records shuffled together (the memory a shuffle buffer would use).
         lanes: parts of an epoch read round robin (<= the number of records).
         read: file path -> dataset of serialized records. Defaults to TFRecordDataset.
+        skip_corrupt: None reads records as they come; False / True read each piece
+            through `expect_records` (a damaged record is an error naming the file, or
+            ends that piece).
     """
     read = read or (lambda path: tf.data.TFRecordDataset(path))
     files = tf.constant([s[0] for s in segments])
@@ -113,6 +154,8 @@ def record_positions(
 
             def piece(path, first, count):
                 records = read(path).skip(first).take(count)
+                if skip_corrupt is not None:
+                    records = expect_records(records, path, count, skip_corrupt, first)
                 return records.enumerate(first).map(lambda i, r: (path, i, r))
 
             return tf.data.Dataset.from_tensor_slices(pieces).flat_map(piece)

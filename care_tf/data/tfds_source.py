@@ -56,9 +56,21 @@ class TFDSSource(Source):
         ds = ds.map(triple, num_parallel_calls=tf.data.AUTOTUNE)
         return decode_dataset(ds, skip_corrupt=self.skip_corrupt)
 
+    def require_prepared(self) -> None:
+        """Raises FileNotFoundError (saying how to prepare it) when the dataset has no
+        generated splits in its data dir."""
+        if not self.builder.info.splits:
+            name = self.name.removeprefix("tfds:")
+            raise FileNotFoundError(
+                f"TFDS dataset {name!r} is not prepared in {self.builder.data_dir} (no splits "
+                f"generated there): run `tfds build {name} --data_dir DATA_DIR` once (online; "
+                "ImageNet: see docs/data.md), or point the data dir at a prepared copy."
+            )
+
     def segments(self, input_context=None) -> list[tuple[str, int, int]]:
         """(file, first record, records) of this input pipeline's share of the split
         (TFDS's file instructions, which also resolve expressions like "train[:10%]")."""
+        self.require_prepared()
         instructions = self.builder.info.splits[self.split].file_instructions
         segments = [
             (
@@ -95,7 +107,14 @@ class TFDSSource(Source):
             name = tf.strings.join([path, "#", tf.strings.as_string(index)])
             return k, name, ex[self.image_key], tf.cast(label, tf.int64)
 
-        ds = record_positions(self.segments(input_context), seed, pipeline, start, window)
+        ds = record_positions(
+            self.segments(input_context),
+            seed,
+            pipeline,
+            start,
+            window,
+            skip_corrupt=self.skip_corrupt,  # a damaged record: named, or its file cut
+        )
         return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 

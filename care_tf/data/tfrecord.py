@@ -16,14 +16,18 @@ import glob
 import json
 import os
 import struct
+import sys
 
 import tensorflow as tf
 
 from care_tf.data.decode import decode_dataset
+from care_tf.data.order import expect_records
 from care_tf.data.sources import Source, pipeline_of, shard_files
 
 FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    # An empty default: a record without the image reads as an unreadable image, named
+    # by its file and index (an error, or skipped with skip_corrupt), not a parse error.
+    "image/encoded": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
     "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
@@ -36,18 +40,68 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 
 def count_records(path: str) -> int:
     """Records in an uncompressed TFRecord file, read from the record headers only
-    (8-byte length + 4-byte CRC, then the payload and its 4-byte CRC are skipped)."""
-    count = 0
+    (8-byte length + 4-byte CRC, then the payload and its 4-byte CRC are skipped).
+
+    Raises:
+        ValueError: the file ends inside a record (naming it and the whole records).
+    """
+    count, truncated, _ = scan_shard(path)
+    if truncated:
+        raise ValueError(truncated_message(path, count))
+    return count
+
+
+def truncated_message(path: str, count: int) -> str:
+    return (
+        f"TFRecord shard {path} is truncated: it ends inside record {count} (after {count} "
+        "whole records; or that record's header is damaged). Rewrite it (python -m "
+        "care_tf.data.make_tfrecords ... --overwrite), or set data.skip_corrupt / "
+        "skip_corrupt=True to read only its whole records."
+    )
+
+
+def scan_shard(path: str) -> tuple[int, bool, bytes | None]:
+    """(whole records, whether the file ends inside a record, the first record's bytes or
+    None) of an uncompressed TFRecord file, from the record headers."""
+    count, first = 0, None
     with tf.io.gfile.GFile(path, "rb") as f:
         size = f.size()
         while f.tell() < size:
             header = f.read(12)
             if len(header) < 12:
-                raise ValueError(f"Truncated TFRecord file {path} after {count} records")
+                return count, True, first
             (length,) = struct.unpack("<Q", header[:8])
-            f.seek(length + 4, whence=1)
+            if f.tell() + length + 4 > size:
+                return count, True, first
+            if first is None:
+                first = f.read(length)
+                f.seek(4, whence=1)
+            else:
+                f.seek(length + 4, whence=1)
             count += 1
-    return count
+    return count, False, first
+
+
+def shard_problem(path: str, first: bytes | None) -> str | None:
+    """Why the shard whose first record is `first` holds no images of ours; None when it
+    does (or is empty)."""
+    if first is None:
+        return None
+    try:
+        keys = sorted(tf.train.Example.FromString(first).features.feature.keys())
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError
+        return f"TFRecord shard {path} does not hold tf.train.Example records"
+    if "image/encoded" not in keys:
+        return (
+            f"TFRecord shard {path} has no 'image/encoded' feature (its records hold "
+            f"{', '.join(keys) or 'no features'}): it was not written by "
+            "care_tf.data.make_tfrecords"
+        )
+    return None
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def parse_record(path: tf.Tensor, index: tf.Tensor, record: tf.Tensor):
@@ -67,13 +121,22 @@ class TFRecordSource(Source):
     """TFRecord shards; input pipelines shard by file, then interleave their files."""
 
     def as_dataset(self, input_context=None, *, shuffle=False, seed=None, shuffle_buffer=10_000):
-        files = shard_files(self.files, input_context, self.name)
+        segments = self.segments(input_context)
+        files = [s[0] for s in segments]
+        counts = tf.constant([s[2] for s in segments], tf.int64)
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(files), counts), -1
+        )
         ds = tf.data.Dataset.from_tensor_slices(files)
         if shuffle:
             ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        skip_corrupt = self.skip_corrupt
 
         def records(path):
-            return tf.data.TFRecordDataset(path).enumerate()
+            # Whole records only (a truncated shard's tail is never read).
+            count = table.lookup(path)
+            ds = tf.data.TFRecordDataset(path).take(count)
+            return expect_records(ds, path, count, skip_corrupt).enumerate()
 
         ds = ds.interleave(
             lambda path: records(path).map(lambda i, r: (path, i, r)),
@@ -89,12 +152,38 @@ class TFRecordSource(Source):
     record_counts: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def segments(self, input_context=None) -> list[tuple[str, int, int]]:
-        """(file, 0, records) of this input pipeline's files (counted once, then kept)."""
+        """(file, 0, whole records) of this input pipeline's usable files (scanned once).
+
+        A shard that ends inside a record, or whose records are not images of
+        `make_tfrecords`, raises a ValueError naming it; with `skip_corrupt` the first
+        is read up to its last whole record and the second left out, with a warning.
+        """
         files = shard_files(self.files, input_context, self.name)
         for path in files:
-            if path not in self.record_counts:
-                self.record_counts[path] = count_records(path)
-        return [(path, 0, self.record_counts[path]) for path in files]
+            if path in self.record_counts:
+                continue
+            count, truncated, first = scan_shard(path)
+            problem = shard_problem(path, first)
+            if problem is None and truncated:
+                problem = truncated_message(path, count)
+                if self.skip_corrupt:
+                    _warn(f"TFRecord shard {path} ends inside record {count}: reading its {count} "
+                          "whole records only (skip_corrupt).")  # fmt: skip
+                    problem = None
+            if problem is not None and not self.skip_corrupt:
+                raise ValueError(problem)
+            if problem is not None:
+                _warn(f"{problem}; left out (skip_corrupt).")
+                count = 0
+            self.record_counts[path] = count
+        segments = [(path, 0, self.record_counts[path]) for path in files]
+        segments = [s for s in segments if s[2] > 0]
+        if not segments:
+            raise ValueError(
+                f"{self.name}: none of the {len(files)} TFRecord shard(s) of this input "
+                "pipeline holds a readable record."
+            )
+        return segments
 
     def epoch_length(self, input_context=None):
         return sum(s[2] for s in self.segments(input_context))
@@ -103,7 +192,14 @@ class TFRecordSource(Source):
         from care_tf.data.order import record_positions
 
         _, pipeline = pipeline_of(input_context)
-        ds = record_positions(self.segments(input_context), seed, pipeline, start, window)
+        ds = record_positions(
+            self.segments(input_context),
+            seed,
+            pipeline,
+            start,
+            window,
+            skip_corrupt=self.skip_corrupt,
+        )
         return ds.map(
             lambda k, path, index, record: (k, *parse_record(path, index, record)),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -137,8 +233,17 @@ def tfrecord_source(path: str, split: str = "train") -> TFRecordSource:
             raise FileNotFoundError(f"No TFRecord files match {path}")
     info_path = os.path.join(folder, INFO_FILE)
     if os.path.isfile(info_path):
-        with open(info_path) as f:
-            info = json.load(f)
+        try:
+            with open(info_path) as f:
+                info = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            raise ValueError(
+                f"{info_path} is not valid JSON ({e}): rewrite the shards with "
+                "make_tfrecords --overwrite, or delete the file (sizes and class names are "
+                "then unknown)."
+            ) from e
+        if not isinstance(info, dict):
+            raise ValueError(f"{info_path} must hold a JSON object (make_tfrecords writes one).")
     class_names = info.get("class_names")
     split_info = info.get("splits", {}).get(split, {})
     num_examples = split_info.get("num_examples") if os.path.isdir(path) else None

@@ -7,7 +7,8 @@ Layout under `model_dir/checkpoints/`:
     checkpoint          tf.train's index of them
     workers/worker-I/   multi-worker only: worker I's own input position
                         (each worker reads its own shard, so each keeps its position)
-    unreadable/         checkpoints a resume found damaged, moved aside (never deleted)
+    unreadable/ckpt-N/  the files of a checkpoint a resume found damaged, moved aside
+                        (never deleted; ckpt-N.2/, ... when step N was set aside before)
 
 Nothing non-finite is saved: `save` first checks every weight and optimizer
 tensor in one compiled reduction and raises `NonFiniteStateError` instead.
@@ -127,6 +128,20 @@ def unreadable_reason(prefix: str) -> str | None:
     if nonfinite:
         return f"{nonfinite} of its tensors hold NaN/Inf"
     return None
+
+
+def _drop_failed_restore() -> None:
+    """Frees a failed restore now, without the "Value in checkpoint could not be found"
+    warnings tf.train would print for it at exit (after the run's own error line)."""
+    import gc
+
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        gc.collect()
+    finally:
+        logger.setLevel(level)
 
 
 def _first_line(error: Exception) -> str:
@@ -276,30 +291,35 @@ class TrainCheckpoint:
     def _checkpoint_for(self, prefix: str) -> tf.train.Checkpoint:
         """This run's checkpoint object, keyed as the files at `prefix` are (old or new)."""
         legacy = legacy_weight_map(self._model, prefix)
-        if legacy is None:
-            return self.checkpoint
-        return tf.train.Checkpoint(**{**self._state, "weights": legacy})
+        # A new root object per attempt: a failed restore is dropped with it.
+        return tf.train.Checkpoint(**{**self._state, **({"weights": legacy} if legacy else {})})
 
     def restore_latest(self) -> int | None:
         """Restores the newest checkpoint that reads back whole; its step, None when none.
 
         Tries the `ckpt-N` files newest first; a damaged one (missing or garbled
         `.index`, data that fails its checksum or does not match the model, NaN/Inf
-        values) is reported, skipped and, by the chief, moved to `unreadable/`.
+        values) is reported, skipped and, by the chief, moved to `unreadable/ckpt-N/`.
 
         Raises:
             CheckpointError: checkpoint files exist but none can be restored.
         """
         skipped = []
+        misfits = []  # whole checkpoints that do not fit this model: a config change
         step = None
         for candidate in checkpoint_steps(self.directory):
             prefix = os.path.join(self.directory, f"ckpt-{candidate}")
             reason = unreadable_reason(prefix)
             if reason is None:
+                trial = self._checkpoint_for(prefix)
                 try:
-                    self._checkpoint_for(prefix).restore(prefix).assert_existing_objects_matched()
+                    trial.restore(prefix).assert_existing_objects_matched()
                 except (tf.errors.OpError, AssertionError, ValueError, IndexError) as e:
                     reason = f"it does not restore ({type(e).__name__}: {_first_line(e)})"
+                    misfits.append((candidate, _first_line(e)))
+                if reason is not None:
+                    del trial
+                    _drop_failed_restore()
             if reason is None:
                 step = candidate
                 break
@@ -307,6 +327,15 @@ class TrainCheckpoint:
         if step is None:
             if not skipped:
                 return None
+            if misfits:
+                newest, detail = misfits[0]
+                raise CheckpointError(
+                    f"--resume: the checkpoints in {self.directory} read back whole but do not "
+                    f"fit the model of the config (ckpt-{newest}: {detail}): the config "
+                    f"({layout.path(self.model_dir, layout.CONFIG)} or --config) describes "
+                    "another model than the one the run trained. Resume with the config the "
+                    "run was started with; the checkpoints are intact and nothing was moved."
+                )
             why = "; ".join(f"ckpt-{s}: {r}" for s, r in skipped)
             raise CheckpointError(
                 f"--resume: no checkpoint in {self.directory} can be restored ({why}). "
@@ -334,17 +363,20 @@ class TrainCheckpoint:
         return step
 
     def _move_aside(self, step: int) -> str:
-        """Moves every `ckpt-<step>.*` file into `unreadable/`; that folder."""
-        target = os.path.join(self.directory, UNREADABLE)
+        """Moves every `ckpt-<step>.*` file into its own folder `unreadable/ckpt-<step>`
+        (`ckpt-<step>.2`, `.3`... when an earlier resume set one aside already), so a
+        checkpoint's files stay together; that folder."""
+        parent = os.path.join(self.directory, UNREADABLE)
+        target, n = os.path.join(parent, f"ckpt-{step}"), 1
+        while tf.io.gfile.exists(target):
+            n += 1
+            target = os.path.join(parent, f"ckpt-{step}.{n}")
         tf.io.gfile.makedirs(target)
         for name in tf.io.gfile.listdir(self.directory):
-            match = _FILE.match(name.rstrip("/"))
+            name = name.rstrip("/")
+            match = _FILE.match(name)
             if match and int(match.group(1)) == step:
-                name = name.rstrip("/")
-                destination = os.path.join(target, name)
-                if tf.io.gfile.exists(destination):  # an earlier resume moved one already
-                    destination += f".{len(tf.io.gfile.listdir(target))}"
-                tf.io.gfile.rename(os.path.join(self.directory, name), destination)
+                tf.io.gfile.rename(os.path.join(self.directory, name), os.path.join(target, name))
         return target
 
     def _rewrite_index(self, step: int) -> None:

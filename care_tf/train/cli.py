@@ -175,9 +175,11 @@ def train(args: argparse.Namespace) -> int:
     finally:
         lock.release()
     status = "complete" if result.complete else f"stopped at --max_steps {args.max_steps}"
+    loss = result.logs.get("loss")
+    loss = f"loss {loss:.4f}" if loss is not None else "loss of the last step not recorded"
     print(
         f"Training {status}: step {result.step}/{result.total_steps}, epoch {result.epoch}, "
-        f"loss {result.logs.get('loss', float('nan')):.4f}. Outputs in {args.model_dir}",
+        f"{loss}. Outputs in {args.model_dir}",
         file=sys.stderr,
     )
     return 0

@@ -114,6 +114,11 @@ class DataConfig:
         "`grpc://HOST:PORT` of a tf.data service dispatcher: decode and augment on its "
         "workers (see docs/training.md); null = on this host.",
     )
+    service_timeout: float = _field(
+        60.0,
+        "Seconds to wait for the `data.service` dispatcher to answer before failing "
+        "(progress is printed meanwhile).",
+    )
     augment: dict = _field(
         {},
         "Arguments of the two-view augmentation (`care_tf.TwoViewAugment`) that differ from "
@@ -336,7 +341,13 @@ def _check_ranges(cfg: Config) -> None:
             ">= 1 (or null)",
             t.steps_per_execution,
         )
-    need(cfg.data.shuffle_buffer >= 1, "data.shuffle_buffer", ">= 1", cfg.data.shuffle_buffer)
+    d = cfg.data
+    need(d.shuffle_buffer >= 1, "data.shuffle_buffer", ">= 1", d.shuffle_buffer)
+    for key in ("max_examples", "num_examples"):
+        value = getattr(d, key)
+        if value is not None:
+            need(value >= 1, f"data.{key}", ">= 1 examples (or null)", value)
+    need(d.service_timeout > 0, "data.service_timeout", "> 0 seconds", d.service_timeout)
     if cfg.data.service is not None:
         need(
             cfg.data.service.startswith("grpc://") and ":" in cfg.data.service[7:],
@@ -349,6 +360,19 @@ def _check_ranges(cfg: Config) -> None:
     need(o.base_batch_size >= 1, "optimizer.base_batch_size", ">= 1", o.base_batch_size)
     need(o.weight_decay >= 0, "optimizer.weight_decay", ">= 0", o.weight_decay)
     need(0 <= o.momentum <= 1, "optimizer.momentum", "in [0, 1]", o.momentum)
+    need(0 <= o.beta_2 < 1, "optimizer.beta_2", "in [0, 1)", o.beta_2)
+    need(o.epsilon > 0, "optimizer.epsilon", "> 0", o.epsilon)
+    need(o.trust_coefficient > 0, "optimizer.trust_coefficient", "> 0", o.trust_coefficient)
+    if o.global_clipnorm is not None:
+        need(o.global_clipnorm > 0, "optimizer.global_clipnorm", "> 0 (or null)", o.global_clipnorm)
+    need(s.warmup_start_lr >= 0, "schedule.warmup_start_lr", ">= 0", s.warmup_start_lr)
+    need(s.end_lr >= 0, "schedule.end_lr", ">= 0", s.end_lr)
+    m = cfg.model
+    need(m.lambda_att >= 0, "model.lambda_att", ">= 0", m.lambda_att)
+    need(m.hidden_dim >= 1, "model.hidden_dim", ">= 1", m.hidden_dim)
+    need(m.projection_dim >= 1, "model.projection_dim", ">= 1", m.projection_dim)
+    if m.base_channels is not None:
+        need(m.base_channels >= 1, "model.base_channels", ">= 1 (or null)", m.base_channels)
     need(
         0 <= cfg.model.base_momentum <= 1,
         "model.base_momentum",
@@ -376,6 +400,14 @@ def _check_ranges(cfg: Config) -> None:
         "monitor.knn_every_epochs",
         ">= 0",
         cfg.monitor.knn_every_epochs,
+    )
+    for key in ("train_examples", "val_examples"):
+        need(getattr(cfg.monitor, key) >= 1, f"monitor.{key}", ">= 1", getattr(cfg.monitor, key))
+    need(
+        cfg.monitor.attention_images >= 0,
+        "monitor.attention_images",
+        ">= 0",
+        cfg.monitor.attention_images,
     )
     if o.name == "sgd":
         need(
@@ -435,7 +467,9 @@ def read_yaml(path: str | os.PathLike, _seen: tuple = ()) -> dict:
         try:
             values = yaml.safe_load(f)
         except yaml.YAMLError as e:
-            raise ConfigError(f"Config file {path} is not valid YAML: {e}") from e
+            from care_tf.model_dir import yaml_problem
+
+            raise ConfigError(f"Config file {path} is not valid YAML ({yaml_problem(e)}).") from e
         except UnicodeDecodeError as e:
             raise ConfigError(f"Config file {path} is not a YAML text file ({e}).") from e
     if values is None:

@@ -55,6 +55,12 @@ def load_train_source(cfg: Config):
 
 def num_examples_of(cfg: Config, source) -> int:
     """Examples per epoch: `data.num_examples`, else the source's size."""
+    require_prepared = getattr(source, "require_prepared", None)
+    if require_prepared is not None:  # a TFDS dataset that was never built
+        try:
+            require_prepared()
+        except FileNotFoundError as e:
+            raise ConfigError(f"Config key 'data.source' ({cfg.data.source!r}): {e}") from e
     n = cfg.data.num_examples or source.num_examples
     if not n:
         raise ConfigError(
@@ -360,6 +366,13 @@ def build_experiment(
     keras.utils.set_random_seed(cfg.train.seed)
     keras.mixed_precision.set_global_policy(cfg.train.precision)
 
+    if cfg.data.service:
+        from care_tf.data.service import wait_for_dispatcher
+
+        try:
+            wait_for_dispatcher(cfg.data.service, cfg.data.service_timeout)
+        except ValueError as e:
+            raise ConfigError(f"Config key 'data.service': {e}") from e
     source = load_train_source(cfg)
     derived = derive(cfg, num_examples_of(cfg, source))
     with strategy.scope():

@@ -19,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import sys
 import time
 
 import keras
@@ -36,7 +38,7 @@ from care_tf.train.callbacks import (
     Throughput,
     check_finite,
 )
-from care_tf.train.checkpoint import TrainCheckpoint, has_checkpoint_files
+from care_tf.train.checkpoint import TrainCheckpoint, checkpoint_steps, has_checkpoint_files
 from care_tf.train.config import Config, ConfigError, Derived, dump_yaml, resolved_dict
 from care_tf.train.experiment import build_experiment, make_dataset
 from care_tf.train.strategy import (
@@ -115,12 +117,81 @@ def weights_digest(variables) -> str:
     return h.hexdigest()
 
 
+# A restored checkpoint whose online weights' norm exceeds the freshly initialised ones' by
+# this factor is taken as exploded (training with weight decay keeps it within a few times).
+EXPLODED_NORM_RATIO = 100.0
+
+
+def weights_norm(variables) -> float:
+    """Global L2 norm of `variables` (float64 sum of squares)."""
+    total = 0.0
+    for v in variables:
+        value = np.asarray(keras.ops.convert_to_numpy(v), np.float64)
+        total += float(np.sum(np.square(value)))
+    return math.sqrt(total)
+
+
+def exploded_checkpoint_error(
+    err: NonFiniteLossError, model_dir: str, start: int, ratio: float, older: list[int]
+) -> NonFiniteLossError:
+    """The error of a non-finite stop right after resuming from an exploded checkpoint:
+    a lower learning rate cannot rescue it, so the advice is an earlier start."""
+    directory = layout.path(model_dir, layout.CHECKPOINTS)
+    evidence = (
+        f"its weights' norm is {ratio:.3g} times the initial weights'"
+        if ratio > EXPLODED_NORM_RATIO
+        else "the loss of its very first step is already non-finite"
+    )
+    earlier = (
+        f"from an earlier checkpoint (move the ckpt-{start}.* files out of {directory} to "
+        f"resume from ckpt-{older[0]}; kept: {', '.join(f'ckpt-{s}' for s in older)}), or "
+        if older
+        else ""
+    )
+    first = str(err).split(";")[0]
+    return type(err)(
+        f"{first}, right after resuming from ckpt-{start}: that checkpoint already holds "
+        f"exploded weights ({evidence}), so a lower learning rate cannot rescue it. Restart "
+        f"{earlier}from scratch in a new --model_dir with a lower optimizer.base_lr."
+    )
+
+
 def read_train_state(model_dir: str) -> dict:
     path = layout.path(model_dir, TRAIN_STATE)
     if not os.path.isfile(path):
         return {}
     with open(path) as f:
         return json.load(f)
+
+
+def logs_at(model_dir: str, step: int) -> dict:
+    """The logged figures of `step` (numbers of the last metrics.csv row of that step, else
+    train_state.json's loss when it is of that step); {} when none was recorded."""
+    import csv
+
+    logs: dict = {}
+    try:
+        with open(layout.path(model_dir, layout.METRICS_CSV), newline="") as f:
+            for row in csv.DictReader(f):
+                if str(row.get("step", "")).strip() == str(step):
+                    logs = {}
+                    for key, value in row.items():
+                        try:
+                            logs[key] = float(value)
+                        except (TypeError, ValueError):
+                            pass
+    except (OSError, csv.Error, UnicodeDecodeError):
+        logs = {}
+    if "loss" not in logs:
+        try:
+            state = read_train_state(model_dir)
+        except (OSError, ValueError):
+            state = {}
+        if state.get("step") == step and isinstance(state.get("loss"), (int, float)):
+            logs["loss"] = float(state["loss"])
+    logs.pop("step", None)
+    logs.pop("epoch", None)
+    return logs
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -222,8 +293,17 @@ def run(
         base_lr=cfg.optimizer.base_lr,
     )
     start = 0
+    growth = 1.0  # restored / initial norm of the online weights
     if resume:
+        initial_norm = weights_norm(model.trainable_weights)
         start = checkpoint.restore_latest() or 0
+        growth = weights_norm(model.trainable_weights) / max(initial_norm, 1e-30)
+        if growth > EXPLODED_NORM_RATIO:
+            bar_note = (
+                f"warning: the weights of ckpt-{start} have {growth:.3g} times the norm of "
+                "freshly initialised ones: they may have exploded."
+            )
+            print(bar_note, file=sys.stderr, flush=True)
         if int(model.steps.numpy()) != start:
             found = int(model.steps.numpy())
             raise RuntimeError(f"Checkpoint step {start} does not match the model's step {found}.")
@@ -270,8 +350,14 @@ def run(
         steps=spe,
     )
     throughput = Throughput(cfg.train.global_batch_size)
+    logs: dict = {}
     if start >= end:
-        bar.write(f"Nothing to do: the run is at step {start} (end {end}).")
+        logs = logs_at(model_dir, start)
+        done = "complete" if start >= total else f"at step {start}, past --max_steps {end}"
+        bar.write(
+            f"Nothing to train: the run is {done} (checkpoint of step {start}). Only its final "
+            "files are (re)written: model.keras, backbone.keras and train_state.json."
+        )
     else:
         bar.write(
             f"{cfg.name}: {'resuming at' if start else 'starting'} step {start} of {total} "
@@ -281,8 +367,8 @@ def run(
         )
         callbacks.on_train_begin()
 
+    older = [s for s in checkpoint_steps(ckpt_dir) if s < start]
     step = start
-    logs: dict = {}
     every = cfg.checkpoint.every_steps
     while step < end:
         epoch = step // spe
@@ -292,11 +378,19 @@ def run(
             callbacks.on_epoch_begin(epoch)
         # K steps per call, cut at the next epoch end, checkpoint step or end of the run.
         k = min(per_call, next_boundary(step, end, spe, every) - step)
+        if resume and step == start:
+            k = 1  # the first loss after a resume is the restored weights' own
         callbacks.on_train_batch_begin(step % spe)
         out = step_fn(iterator, tf.constant(k, tf.int32))
         logs = {name: float(v) for name, v in out.items()}
         previous, step = step, step + k
-        check_finite(logs, step, checkpoint.last_saved, model_dir, cfg.optimizer.base_lr)
+        try:
+            check_finite(logs, step, checkpoint.last_saved, model_dir, cfg.optimizer.base_lr)
+        except NonFiniteLossError as e:
+            since_resume = resume and start and checkpoint.last_saved == start
+            if since_resume and (previous == start or growth > EXPLODED_NORM_RATIO):
+                raise exploded_checkpoint_error(e, model_dir, start, growth, older) from e
+            raise
         throughput.step(k)
         logs["lr"] = schedule.value(step - 1)  # the lr of the call's last step
         logs["images_per_sec"] = throughput.images_per_sec
@@ -315,7 +409,17 @@ def run(
             or (step == end)
         ):
             position.assign(step * worker_batch)
-            checkpoint.save(step)  # raises NonFiniteStateError instead of saving NaN/Inf
+            try:
+                checkpoint.save(step)  # raises NonFiniteStateError instead of saving NaN/Inf
+            except NonFiniteLossError as e:
+                if (
+                    resume
+                    and start
+                    and checkpoint.last_saved == start
+                    and (growth > EXPLODED_NORM_RATIO)
+                ):
+                    raise exploded_checkpoint_error(e, model_dir, start, growth, older) from e
+                raise
         if epoch_end or step == end:
             epoch_logs = dict(logs)
             # CallbackList.on_epoch_end hands each callback a copy of the logs; the
