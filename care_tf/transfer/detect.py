@@ -22,6 +22,8 @@ import io
 import keras
 import numpy as np
 
+from care_tf.transfer.fitting import fit_task
+
 BOX_FORMAT = "yxyx"
 MIN_LEVEL, MAX_LEVEL = 3, 7
 SCORE_THRESHOLD = 0.05
@@ -124,23 +126,17 @@ def fine_tune_detector(
     Returns:
         The per-epoch loss history.
     """
-    steps = steps_per_epoch or int(train_data.cardinality())
-    if steps <= 0:
-        raise ValueError("Cannot tell the training set's length: pass steps_per_epoch.")
-    if steps_per_epoch:
-        train_data = train_data.repeat()
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, steps * epochs))
-    detector.compile(
-        optimizer=keras.optimizers.Adam(schedule, global_clipnorm=10.0), run_eagerly=run_eagerly
-    )
-    history = detector.fit(
+    return fit_task(
+        detector,
         train_data,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
+        learning_rate=learning_rate,
+        global_clipnorm=10.0,
         verbose=verbose,
         callbacks=callbacks,
+        run_eagerly=run_eagerly,
     )
-    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
 def predict_detections(detector, coco, image_size: int, batch_size: int = 8) -> list[dict]:

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from care_tf.transfer.coco import IGNORE
+from care_tf.transfer.fitting import fit_task
 
 LEARNING_RATE = 1e-4
 DILATION_RATES = (6, 12, 18)
@@ -88,26 +89,23 @@ def fine_tune_segmenter(
     Returns:
         The per-epoch loss history.
     """
-    steps = steps_per_epoch or int(train_data.cardinality())
-    if steps <= 0:
-        raise ValueError("Cannot tell the training set's length: pass steps_per_epoch.")
-    if steps_per_epoch:
-        train_data = train_data.repeat()
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, steps * epochs))
-    segmenter.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=IGNORE),
-        metrics=[],  # not keras-hub's "auto" CategoricalAccuracy (one-hot masks; [] replaces it)
-        run_eagerly=run_eagerly,
-    )
-    history = segmenter.fit(
+    return fit_task(
+        segmenter,
         train_data.map(lambda x, m: (x, keras.ops.cast(m, "int32"))),
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
+        learning_rate=learning_rate,
+        compile_kwargs={
+            "loss": keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True, ignore_class=IGNORE
+            ),
+            # not keras-hub's "auto" CategoricalAccuracy (one-hot masks; [] replaces it)
+            "metrics": [],
+        },
         verbose=verbose,
         callbacks=callbacks,
+        run_eagerly=run_eagerly,
     )
-    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
 def confusion_matrix(
