@@ -191,14 +191,15 @@ def test_preset_is_replaced_in_place(tmp_path):
 
 
 def _run_dir(tmp_path, name: str, **kwargs):
-    """A run directory holding only backbone.keras (as training writes it)."""
-    from care_tf.models.backbone import feature_extractor
+    """A run directory holding only backbone.keras (as training writes it: Keras' own
+    layers, `save_backbone`)."""
+    from care_tf.model_dir import save_backbone
 
     run = tmp_path / name
     run.mkdir()
     backbone = ResNetBackbone(depth=18, image_shape=(32, 32, 3), **kwargs)
     _randomise_bn(backbone)
-    feature_extractor(backbone).save(run / "backbone.keras")
+    save_backbone(backbone, str(run / "backbone.keras"))
     return run
 
 
@@ -273,6 +274,15 @@ def test_sources_run_directory_and_keras_file(tmp_path):
         np.testing.assert_allclose(np.asarray(hub_backbone(source)(x)), expected, atol=1e-5)
     hub = hub_backbone(run, image_shape=(32, 32, 3))
     assert tuple(hub.input_shape) == (None, 32, 32, 3)
+    # A backbone.keras of an earlier care_tf (its own layers inside) transfers as well.
+    from care_tf.models.backbone import feature_extractor
+    from care_tf.transfer.keras_hub_bridge import care_resnet
+
+    resnet = care_resnet(run)  # rebuilt from the plain copy: care_tf's own layers
+    assert isinstance(resnet, ResNetBackbone)
+    old = tmp_path / "old.keras"
+    feature_extractor(resnet).save(old)
+    np.testing.assert_allclose(np.asarray(hub_backbone(str(old))(x)), expected, atol=1e-5)
 
 
 def test_export_cli_keras_hub_refuses_tflite_options(tmp_path, capsys):

@@ -108,11 +108,28 @@ def care_resnet(source) -> keras.Model:
     except ValueError as err:
         raise TransferError(str(err)) from None
     if not isinstance(maps, ResNetBackbone):
-        raise TransferError(
-            f"{maps.name!r} is a {type(maps).__name__}, not a care_tf ResNetBackbone: only "
-            "care_tf ResNets map onto keras_hub.models.ResNetBackbone."
-        )
+        maps = _from_plain_copy(maps)
     return maps
+
+
+def _from_plain_copy(maps: keras.Model) -> keras.Model:
+    """Our `ResNetBackbone` holding the weights of its copy in Keras' built-in layers (what
+    a run's backbone.keras holds, `care_tf.models.plain`), layer by layer by name."""
+    from care_tf.models.plain import resnet_arguments
+    from care_tf.models.resnet import ResNetBackbone
+
+    args = resnet_arguments(maps)
+    if not args.get("depth"):
+        raise TransferError(
+            f"{maps.name!r} is a {type(maps).__name__}, not a care_tf ResNet: only care_tf "
+            "ResNets map onto keras_hub.models.ResNetBackbone."
+        )
+    resnet = ResNetBackbone(**args, name=maps.name)
+    by_name = {layer.name: layer for layer in maps.layers}
+    for layer in resnet.layers:
+        if layer.weights:
+            layer.set_weights(by_name[layer.name].get_weights())
+    return resnet
 
 
 def check_transferable(backbone) -> None:
