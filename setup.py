@@ -73,6 +73,7 @@ setup(
             "care-convert=care_tf.convert.__main__:main",
             "care-quickstart=care_tf.quickstart:main",
             "care-make-tfrecords=care_tf.data.make_tfrecords:main",
+            "care-make-scenes=care_tf.transfer.make_scenes:main",
         ]
     },
 )

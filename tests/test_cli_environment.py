@@ -17,6 +17,7 @@ COMMANDS = [
     "care_tf.convert",
     "care_tf.quickstart",
     "care_tf.data.make_tfrecords",
+    "care_tf.transfer.make_scenes",
 ]
 
 

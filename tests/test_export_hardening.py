@@ -31,9 +31,9 @@ def _export(capsys, *argv):
 @pytest.mark.parametrize(
     "content, words",
     [
-        (b"model: [unclosed\n  backbone: {", "is not a readable run config"),
-        (b"\xff\xfe\x00\x01binary", "is not a readable run config"),
-        (b"- a list\n- of things\n", "holds a YAML list, not a mapping"),
+        (b"model: [unclosed\n  backbone: {", "is not valid YAML"),
+        (b"\xff\xfe\x00\x01binary", "is not valid YAML"),
+        (b"- a list\n- of things\n", "is not a mapping of sections"),
     ],
 )
 def test_unreadable_config_yaml_is_one_error_naming_it(run, tmp_path, capsys, content, words):
