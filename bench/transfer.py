@@ -11,7 +11,7 @@ run on it; the Fashion-MNIST images are upscaled to 64 px):
 - `random`: the backbone as `care_tf.train` builds it, untrained (seeded);
 - `byol`, `care`: `python -m care_tf.train` with configs/quickstart_byol.yaml and
   configs/quickstart.yaml (same budget `--pretrain_steps` and seed; only the T-stream
-  differs), with `model.stem=imagenet model.base_channels=64 model.image_size=64`;
+  differs), with `model.stem=imagenet model.base_channels=64 model.image_size=IMAGE_SIZE`;
 - `supervised`: the random backbone and a linear layer trained with cross-entropy on
   every Fashion-MNIST training label for the same number of steps and batch size as
   the pretraining (`care_tf.transfer.finetune.finetune`: random resized crop + flip).
@@ -57,7 +57,8 @@ METRICS = {
 }
 CONFIGS = {"care": "configs/quickstart.yaml", "byol": "configs/quickstart_byol.yaml"}
 # What keras-hub's ResNetBackbone can express (docs/transfer.md), at a small-image size.
-MODEL_SET = ["model.stem=imagenet", "model.base_channels=64", "model.image_size=64"]
+IMAGE_SIZE = 64
+MODEL_SET = ["model.stem=imagenet", "model.base_channels=64", f"model.image_size={IMAGE_SIZE}"]
 QUICK_SET = [
     "model.transformer_kwargs={num_blocks: 1}",
     "model.hidden_dim=32",
@@ -157,7 +158,7 @@ def make_supervised(model_dir: str, random_dir: str, args, seed: int) -> None:
     batch = cfg.train.global_batch_size
     source = load_source("fashion_mnist", "train")
     data = make_eval_dataset(
-        source, split="train", train=True, image_size=64, batch_size=batch, seed=seed
+        source, split="train", train=True, image_size=IMAGE_SIZE, batch_size=batch, seed=seed
     )
     backbone = load_feature_model(random_dir)
     classifier, history = finetune(
@@ -177,18 +178,20 @@ def make_supervised(model_dir: str, random_dir: str, args, seed: int) -> None:
     )
 
 
-def build_start(start: str, work_dir: str, args, seed: int) -> tuple[str, float]:
-    """The run directory of `start` with seed `seed` (built unless complete), wall seconds."""
+def build_start(start: str, work_dir: str, args, seed: int) -> tuple[str, float | None]:
+    """The run directory of `start` with seed `seed` and its build's wall seconds (None:
+    reused, its train_state.json says complete)."""
     model_dir = os.path.join(work_dir, f"{start}_seed{seed}")
     t0 = time.time()
-    if not complete(model_dir):
-        if start in CONFIGS:
-            pretrain(start, model_dir, args, seed)
-        elif start == "random":
-            make_random(model_dir, args, seed)
-        else:
-            random_dir, _ = build_start("random", work_dir, args, seed)
-            make_supervised(model_dir, random_dir, args, seed)
+    if complete(model_dir):
+        return model_dir, None
+    if start in CONFIGS:
+        pretrain(start, model_dir, args, seed)
+    elif start == "random":
+        make_random(model_dir, args, seed)
+    else:
+        random_dir, _ = build_start("random", work_dir, args, seed)
+        make_supervised(model_dir, random_dir, args, seed)
     return model_dir, round(time.time() - t0, 1)
 
 
@@ -216,7 +219,7 @@ def finetune_top1(model_dir: str, fraction: float, args, seed: int) -> float:
         subset_source(source, ids),
         split="train",
         train=True,
-        image_size=64,
+        image_size=IMAGE_SIZE,
         batch_size=batch,
         seed=seed,
     )
@@ -230,7 +233,7 @@ def finetune_top1(model_dir: str, fraction: float, args, seed: int) -> float:
         seed=seed,
     )
     test = make_eval_dataset(
-        "fashion_mnist", split="test", train=False, image_size=64, batch_size=256
+        "fashion_mnist", split="test", train=False, image_size=IMAGE_SIZE, batch_size=256
     )
     if args.eval_limit:
         test = test.unbatch().take(args.eval_limit).batch(256)
@@ -295,20 +298,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    positive = ("pretrain_steps", "ft_epochs", "ft_steps", "ft_batch", "eval_limit")
+    for key in positive + ("task_epochs", "task_steps", "task_batch"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            parser.error(f"--{key} must be >= 1; got {getattr(args, key)}.")
+    if args.task_image_size < 32 or args.task_image_size % 32:
+        parser.error(f"--task_image_size must be a multiple of 32; got {args.task_image_size}.")
+    if min(args.scenes) < 1:
+        parser.error(f"--scenes needs at least one train and one test scene; got {args.scenes}.")
+    if min(args.seeds) < 0:
+        parser.error(f"--seeds must be >= 0; got {args.seeds}.")
     start_time = time.time()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="transfer_")
     work_dir = os.path.abspath(work_dir)
     os.makedirs(work_dir, exist_ok=True)
     timings: dict[str, float] = {}
+    reused: list[str] = []
     table = {p: {s: {} for s in args.starts} for p in args.protocols}
     data = None
     for seed in args.seeds:
         for start in args.starts:
-            model_dir, timings[f"build/{start}/{seed}"] = build_start(start, work_dir, args, seed)
+            model_dir, seconds = build_start(start, work_dir, args, seed)
+            if seconds is None:
+                reused.append(os.path.basename(model_dir))
+            else:
+                timings[f"build/{start}/{seed}"] = seconds
             for protocol in args.protocols:
                 t0 = time.time()
                 if protocol.startswith("finetune_"):
@@ -328,6 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seeds": args.seeds,
         "budget": budget,
         "work_dir": work_dir,
+        "reused": reused,
         "timings": timings,
         "wall_s": round(time.time() - start_time, 1),
     }

@@ -27,8 +27,14 @@ def test_quick_transfer_table(tmp_path, capsys):
             round(scores[0] * out["budget"]["eval_limit"] / 100), abs=0.01
         )
     assert out["wall_s"] > 0 and all(t >= 0 for t in out["timings"].values())
+    assert out["reused"] == [] and {f"build/{s}/0" for s in bench.STARTS} <= set(out["timings"])
     for start in bench.STARTS:  # every run is complete, so a rerun reuses it
         assert bench.complete(os.path.join(tmp_path, f"{start}_seed0"))
+    again = bench.main(
+        ["--quick", "--work_dir", str(tmp_path), "--starts", "care", "--protocols", "finetune_1"]
+    )
+    assert again["reused"] == ["care_seed0"] and "build/care/0" not in again["timings"]
+    assert set(again["table"]) == {"finetune_1"} and set(again["table"]["finetune_1"]) == {"care"}
     # the supervised start is the random one after training: its weights moved
     from care_tf.model_dir import load_feature_model
 
@@ -38,3 +44,19 @@ def test_quick_transfer_table(tmp_path, capsys):
     assert any(
         not np.allclose(a, b) for a, b in zip(rand.get_weights(), sup.get_weights(), strict=True)
     )
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--task_image_size", "40"], "--task_image_size"),
+        (["--pretrain_steps", "0"], "--pretrain_steps"),
+        (["--scenes", "4", "0"], "--scenes"),
+    ],
+)
+def test_bad_budget_is_one_line(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_bench("transfer").main(["--quick", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "error: " + named in err[-1]
