@@ -8,7 +8,7 @@ import pytest
 from care_testing import load_bench
 
 
-@pytest.mark.slow  # two tiny pretrainings and 16 fine-tunings (about 4 min on 2 shared cores)
+@pytest.mark.slow  # 2 tiny pretrainings, 17 fine-tunings: 4-7 min on 2 shared cores
 @pytest.mark.usefixtures("fmnist_small")
 def test_quick_transfer_table(tmp_path, capsys):
     bench = load_bench("transfer")
