@@ -44,7 +44,8 @@ def test_paper_recipe_derived():
 def test_quickstart_is_small():
     cfg = C.load_config(os.path.join(ROOT, "configs", "quickstart.yaml"))
     d = C.derive(cfg, cfg.data.max_examples)
-    assert cfg.model.image_size <= 32 and d.total_steps <= 600
+    # 1024 steps: about 3-4 min of pretraining on 2 cores
+    assert cfg.model.image_size <= 32 and d.total_steps <= 1024
 
 
 def _write(tmp_path, text, name="c.yaml"):
