@@ -32,8 +32,12 @@ def bytes_body(paths: list[str]) -> dict:
     """Request body for `serve_image_bytes`: each file base64-encoded as {"b64": ...}."""
     instances = []
     for path in paths:
-        with open(path, "rb") as f:
-            instances.append({"image_bytes": {"b64": base64.b64encode(f.read()).decode("ascii")}})
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as err:
+            fail(f"cannot read image {path!r} ({err.strerror or err}): give JPEG/PNG files.")
+        instances.append({"image_bytes": {"b64": base64.b64encode(data).decode("ascii")}})
     return {"signature_name": "serve_image_bytes", "instances": instances}
 
 
@@ -42,9 +46,14 @@ def pixels_body(paths: list[str]) -> dict:
     in a batch: send images of different sizes in separate requests)."""
     from PIL import Image
 
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    images = []
+    for path in paths:
+        try:
+            images.append(np.asarray(Image.open(path).convert("RGB")))
+        except OSError as err:  # missing, unreadable or not an image
+            fail(f"cannot read image {path!r} ({err}): give JPEG/PNG files.")
     if len({im.shape for im in images}) > 1:
-        raise SystemExit("--pixels: images of different sizes need separate requests")
+        fail("--pixels: images of different sizes need separate requests")
     return {"signature_name": "serve_uint8", "inputs": {"images": np.stack(images).tolist()}}
 
 
@@ -91,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry_run", action="store_true", help="print the JSON body and exit")
     parser.add_argument("--out", help="save the embeddings to this .npy file")
     args = parser.parse_args(argv)
+    if not args.url.startswith(("http://", "https://")):
+        fail(f"--url {args.url!r} must start with http:// or https:// (e.g. http://localhost:8501).")
     body = pixels_body(args.images) if args.pixels else bytes_body(args.images)
     if args.dry_run:
         print(json.dumps(body)[:2000])

@@ -101,6 +101,23 @@ def test_rest_client_names_an_unreachable_server(dead_port, image_file):
     assert line.startswith(f"error: cannot reach TF Serving at {url}") and "--url" in line
 
 
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--url", "localhost:8501", "IMAGE"], "must start with http://"),
+        (["MISSING"], "cannot read image"),
+        (["--pixels", "IMAGE"], "cannot read image"),  # not a decodable image
+    ],
+)
+def test_rest_client_bad_input_is_one_line(tmp_path, image_file, args, words):
+    missing = str(tmp_path / "missing.jpg")
+    argv = [{"IMAGE": image_file, "MISSING": missing}.get(a, a) for a in args]
+    proc = _run([os.path.join(ROOT, "export", "rest_client.py"), *argv])
+    assert proc.returncode == 2, proc.stderr
+    (line,) = _lines(proc.stderr)
+    assert line.startswith("error: ") and words in line
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("grpc") is None
     or importlib.util.find_spec("tensorflow_serving") is None,
