@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="save the embeddings to this .npy file")
     args = parser.parse_args(argv)
     if not args.url.startswith(("http://", "https://")):
-        fail(f"--url {args.url!r} must start with http:// or https:// (e.g. http://localhost:8501).")
+        fail(
+            f"--url {args.url!r} must start with http:// or https:// (e.g. http://localhost:8501)."
+        )
     body = pixels_body(args.images) if args.pixels else bytes_body(args.images)
     if args.dry_run:
         print(json.dumps(body)[:2000])
