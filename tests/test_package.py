@@ -186,7 +186,8 @@ import care_tf
 from care_tf.train import load_config
 
 assert care_tf.__file__.startswith(sys.prefix), care_tf.__file__
-assert not [p for p in sys.path if p.startswith(CHECKOUT)], sys.path
+# (the dependencies' site-packages may lie inside the checkout, e.g. its .venv)
+assert not [p for p in sys.path if p.startswith(CHECKOUT) and "site-packages" not in p], sys.path
 assert "quickstart" in care_tf.list_configs() and "care_r50_100ep" in care_tf.list_configs()
 assert load_config("configs/care_r50_100ep.yaml").optimizer.base_lr == 0.05  # its base: too
 exp = care_tf.build_experiment("quickstart", overrides=TINY)
