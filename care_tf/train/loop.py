@@ -368,6 +368,13 @@ def run(
         callbacks.on_train_begin()
 
     older = [s for s in checkpoint_steps(ckpt_dir) if s < start]
+
+    def exploded_since_resume(first_call: bool) -> bool:
+        """A non-finite stop with no checkpoint saved since the resume, on its very first
+        call or from weights restored far larger than fresh ones: the checkpoint is bad."""
+        since_resume = resume and start and checkpoint.last_saved == start
+        return bool(since_resume and (first_call or growth > EXPLODED_NORM_RATIO))
+
     step = start
     every = cfg.checkpoint.every_steps
     while step < end:
@@ -387,8 +394,7 @@ def run(
         try:
             check_finite(logs, step, checkpoint.last_saved, model_dir, cfg.optimizer.base_lr)
         except NonFiniteLossError as e:
-            since_resume = resume and start and checkpoint.last_saved == start
-            if since_resume and (previous == start or growth > EXPLODED_NORM_RATIO):
+            if exploded_since_resume(first_call=previous == start):
                 raise exploded_checkpoint_error(e, model_dir, start, growth, older) from e
             raise
         throughput.step(k)
@@ -412,12 +418,7 @@ def run(
             try:
                 checkpoint.save(step)  # raises NonFiniteStateError instead of saving NaN/Inf
             except NonFiniteLossError as e:
-                if (
-                    resume
-                    and start
-                    and checkpoint.last_saved == start
-                    and (growth > EXPLODED_NORM_RATIO)
-                ):
+                if exploded_since_resume(first_call=False):
                     raise exploded_checkpoint_error(e, model_dir, start, growth, older) from e
                 raise
         if epoch_end or step == end:
