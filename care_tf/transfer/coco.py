@@ -355,6 +355,16 @@ def segmentation_dataset(
     return _finish(ds, batch_size, shuffle, seed, len(coco))
 
 
+def check_same_categories(train: CocoSet, test: CocoSet) -> None:
+    """Raises ValueError unless both splits list the same category table (a model trained
+    on one is scored on the other's category ids)."""
+    if train.category_ids != test.category_ids:
+        raise ValueError(
+            f"{train.annotations_path} and {test.annotations_path} list different categories "
+            f"({train.category_ids} vs {test.category_ids}); use the same category table."
+        )
+
+
 def subset(coco: CocoSet, limit: int) -> CocoSet:
     """The first `limit` images of `coco` (file order) and their annotations."""
     images = coco.images[:limit]

@@ -236,13 +236,9 @@ def evaluate_detection(
         {"ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "num_detections",
         "history"}.
     """
-    from care_tf.transfer.coco import detection_dataset
+    from care_tf.transfer.coco import check_same_categories, detection_dataset
 
-    if train.category_ids != test.category_ids:
-        raise ValueError(
-            f"{train.annotations_path} and {test.annotations_path} list different categories "
-            f"({train.category_ids} vs {test.category_ids}); use the same category table."
-        )
+    check_same_categories(train, test)
     keras.utils.set_random_seed(seed)
     detector = build_detector(
         backbone, train.num_classes, head_convs=head_convs, freeze_backbone=freeze_backbone

@@ -113,13 +113,11 @@ def confusion_matrix(
 ) -> np.ndarray:
     """int64 (C, C) pixel counts, row = true class, column = predicted; `ignore` pixels
     of `labels` are left out."""
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    predictions = np.asarray(predictions).reshape(-1).astype(np.int64)
+    from care_tf.evaluate.report import confusion_matrix as counts
+
+    labels = np.asarray(labels).reshape(-1)
     keep = labels != ignore
-    counts = np.bincount(
-        labels[keep] * num_classes + predictions[keep], minlength=num_classes * num_classes
-    )
-    return counts.reshape(num_classes, num_classes)
+    return counts(labels[keep], np.asarray(predictions).reshape(-1)[keep], num_classes)
 
 
 def predict_confusion(segmenter, data, num_classes: int, *, eager: bool = False) -> np.ndarray:
@@ -191,13 +189,9 @@ def evaluate_segmentation(
     Returns:
         `iou_report` of the test split plus "history".
     """
-    from care_tf.transfer.coco import segmentation_dataset
+    from care_tf.transfer.coco import check_same_categories, segmentation_dataset
 
-    if train.category_ids != test.category_ids:
-        raise ValueError(
-            f"{train.annotations_path} and {test.annotations_path} list different categories "
-            f"({train.category_ids} vs {test.category_ids}); use the same category table."
-        )
+    check_same_categories(train, test)
     if image_size % 32:
         raise ValueError(f"image_size must be a multiple of 32 (DeepLabV3+); got {image_size}.")
     keras.utils.set_random_seed(seed)
