@@ -38,19 +38,6 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
     return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 
-def count_records(path: str) -> int:
-    """Records in an uncompressed TFRecord file, read from the record headers only
-    (8-byte length + 4-byte CRC, then the payload and its 4-byte CRC are skipped).
-
-    Raises:
-        ValueError: the file ends inside a record (naming it and the whole records).
-    """
-    count, truncated, _ = scan_shard(path)
-    if truncated:
-        raise ValueError(truncated_message(path, count))
-    return count
-
-
 def truncated_message(path: str, count: int) -> str:
     return (
         f"TFRecord shard {path} is truncated: it ends inside record {count} (after {count} "
