@@ -25,10 +25,13 @@ Protocols (library functions, same fine-tuning budget and seed for every start):
 
 Pretraining seed k gives the start of seed k and is also its fine-tuning seed (label
 subset, head initialisation, shuffling). Runs are kept in `--work_dir` (`care_seedk`,
-`byol_seedk`, `random_seedk`, `supervised_seedk`, `scenes/`) and a run whose
-`train_state.json` says complete is reused. Prints one JSON line: `table`
-{protocol: {start: {seed: metric}}}, `metrics` (what each protocol's number is), the
-budget and the wall seconds of every stage.
+`byol_seedk`, `random_seedk`, `supervised_seedk`, `scenes_N_M/`) and a run whose
+`train_state.json` says complete is reused (refused if trained for other steps). Every
+score is kept too (`scores/PROTOCOL-START-seedK.json` with the budget it depends on) and
+reused under the same budget, so an interrupted run resumes and seeds can run in separate
+processes on the same work_dir, one per core (docs/results.md gives the commands; write
+the scenes first). Prints one JSON line: `table` {protocol: {start: {seed: metric}}},
+`metrics` (what each protocol's number is), the budget and the wall seconds of every stage.
 """
 
 from __future__ import annotations
@@ -73,10 +76,12 @@ QUICK = {
     "seeds": [0],
     "ft_epochs": 1,
     "ft_steps": 2,
+    "ft_max_steps": 4,
     "ft_batch": 32,
     "eval_limit": 128,
     "scenes": (16, 8),
-    "task_epochs": 1,
+    "detect_epochs": 1,
+    "segment_epochs": 1,
     "task_steps": 2,
     "task_batch": 4,
     "task_image_size": 64,
@@ -86,10 +91,12 @@ FULL = {
     "seeds": [0, 1],
     "ft_epochs": None,
     "ft_steps": None,
+    "ft_max_steps": None,
     "ft_batch": 256,
     "eval_limit": None,
     "scenes": (2000, 500),
-    "task_epochs": 12,
+    "detect_epochs": 12,
+    "segment_epochs": 12,
     "task_steps": None,
     "task_batch": 8,
     "task_image_size": 128,
@@ -111,13 +118,53 @@ def pretrain_set(args, seed: int) -> list[str]:
     )
 
 
-def complete(model_dir: str) -> bool:
-    """True when `model_dir/train_state.json` says the run finished."""
+def train_state(model_dir: str) -> dict:
+    """`model_dir/train_state.json`, or {} when missing or unreadable."""
     try:
         with open(os.path.join(model_dir, "train_state.json")) as f:
-            return bool(json.load(f).get("complete"))
+            return json.load(f)
     except (OSError, ValueError):
-        return False
+        return {}
+
+
+def complete(model_dir: str) -> bool:
+    """True when `model_dir/train_state.json` says the run finished."""
+    return bool(train_state(model_dir).get("complete"))
+
+
+def cell_budget(protocol: str, args) -> dict:
+    """The budget settings a protocol's score depends on (a cached score is reused only
+    under the same ones)."""
+    keys = ["pretrain_steps"]
+    if protocol.startswith("finetune_"):
+        keys += ["ft_epochs", "ft_steps", "ft_max_steps", "ft_batch", "eval_limit"]
+    else:
+        keys += [f"{protocol}_epochs", "scenes", "task_steps", "task_batch", "task_image_size"]
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items() if k in keys}
+
+
+def cell_path(work_dir: str, cell: str) -> str:
+    return os.path.join(work_dir, "scores", cell.replace("/", "-") + ".json")
+
+
+def load_cell(work_dir: str, cell: str, args) -> float | None:
+    """The score of `cell` (protocol/start/seed) kept in work_dir under this budget, or None."""
+    try:
+        with open(cell_path(work_dir, cell)) as f:
+            kept = json.load(f)
+    except (OSError, ValueError):
+        return None
+    same = kept.get("budget") == cell_budget(cell.split("/")[0], args)
+    return kept.get("score") if same else None
+
+
+def save_cell(work_dir: str, cell: str, args, score: float, seconds: float) -> None:
+    """Keeps one table cell, so an interrupted or split run (one seed per process) resumes."""
+    from care_tf import atomic
+
+    record = {"score": score, "seconds": seconds, "budget": cell_budget(cell.split("/")[0], args)}
+    os.makedirs(os.path.dirname(cell_path(work_dir, cell)), exist_ok=True)
+    atomic.write_json(cell_path(work_dir, cell), record)
 
 
 def write_state(model_dir: str, state: dict) -> None:
@@ -184,6 +231,12 @@ def build_start(start: str, work_dir: str, args, seed: int) -> tuple[str, float 
     model_dir = os.path.join(work_dir, f"{start}_seed{seed}")
     t0 = time.time()
     if complete(model_dir):
+        steps = train_state(model_dir).get("step")
+        if start != "random" and steps != args.pretrain_steps:
+            sys.exit(
+                f"error: {model_dir} was trained for {steps} steps, not --pretrain_steps "
+                f"{args.pretrain_steps}; use another --work_dir or the same budget."
+            )
         return model_dir, None
     if start in CONFIGS:
         pretrain(start, model_dir, args, seed)
@@ -215,6 +268,9 @@ def finetune_top1(model_dir: str, fraction: float, args, seed: int) -> float:
     steps = len(ids) // batch
     if args.ft_steps:
         steps = min(steps, args.ft_steps)
+    epochs = args.ft_epochs or recipe_epochs(fraction)
+    if args.ft_max_steps:  # the recipe's epochs, as many as fit the cap (at least one)
+        epochs = max(1, min(epochs, args.ft_max_steps // steps))
     train = make_eval_dataset(
         subset_source(source, ids),
         split="train",
@@ -228,7 +284,7 @@ def finetune_top1(model_dir: str, fraction: float, args, seed: int) -> float:
         train,
         num_classes=source.num_classes,
         steps_per_epoch=steps,
-        epochs=args.ft_epochs or recipe_epochs(fraction),
+        epochs=epochs,
         learning_rate=BASE_LR * batch / 256,
         seed=seed,
     )
@@ -270,7 +326,7 @@ def task_score(protocol: str, model_dir: str, data, args, seed: int) -> float:
         *data,
         image_size=args.task_image_size,
         batch_size=args.task_batch,
-        epochs=args.task_epochs,
+        epochs=args.detect_epochs if protocol == "detect" else args.segment_epochs,
         steps_per_epoch=args.task_steps,
         seed=seed,
     )
@@ -287,10 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain_steps", type=int, default=None, help="CARE / BYOL / supervised")
     p.add_argument("--ft_epochs", type=int, default=None, help="finetune: epochs (recipe)")
     p.add_argument("--ft_steps", type=int, default=None, help="finetune: max steps / epoch")
+    p.add_argument(
+        "--ft_max_steps", type=int, default=None, help="finetune: cap on all steps (fewer epochs)"
+    )
     p.add_argument("--ft_batch", type=int, default=None, help="finetune: largest batch")
     p.add_argument("--eval_limit", type=int, default=None, help="finetune: test images")
     p.add_argument("--scenes", type=int, nargs=2, default=None, metavar=("TRAIN", "TEST"))
-    p.add_argument("--task_epochs", type=int, default=None, help="detect / segment epochs")
+    p.add_argument("--detect_epochs", type=int, default=None, help="detect: epochs")
+    p.add_argument("--segment_epochs", type=int, default=None, help="segment: epochs")
     p.add_argument("--task_steps", type=int, default=None, help="detect / segment steps/epoch")
     p.add_argument("--task_batch", type=int, default=None, help="detect / segment batch")
     p.add_argument("--task_image_size", type=int, default=None, help="multiple of 32")
@@ -303,8 +363,8 @@ def main(argv: list[str] | None = None) -> dict:
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    positive = ("pretrain_steps", "ft_epochs", "ft_steps", "ft_batch", "eval_limit")
-    for key in positive + ("task_epochs", "task_steps", "task_batch"):
+    positive = ("pretrain_steps", "ft_epochs", "ft_steps", "ft_max_steps", "ft_batch", "eval_limit")
+    for key in positive + ("detect_epochs", "segment_epochs", "task_steps", "task_batch"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
             parser.error(f"--{key} must be >= 1; got {getattr(args, key)}.")
     if args.task_image_size < 32 or args.task_image_size % 32:
@@ -319,25 +379,34 @@ def main(argv: list[str] | None = None) -> dict:
     os.makedirs(work_dir, exist_ok=True)
     timings: dict[str, float] = {}
     reused: list[str] = []
+    reused_cells: list[str] = []
     table = {p: {s: {} for s in args.starts} for p in args.protocols}
     data = None
     for seed in args.seeds:
+        runs = {}
         for start in args.starts:
-            model_dir, seconds = build_start(start, work_dir, args, seed)
+            runs[start], seconds = build_start(start, work_dir, args, seed)
             if seconds is None:
-                reused.append(os.path.basename(model_dir))
+                reused.append(os.path.basename(runs[start]))
             else:
                 timings[f"build/{start}/{seed}"] = seconds
-            for protocol in args.protocols:
-                t0 = time.time()
-                if protocol.startswith("finetune_"):
-                    fraction = int(protocol.split("_")[1]) / 100
-                    score = finetune_top1(model_dir, fraction, args, seed)
+        for protocol in args.protocols:  # protocol-major: a cut-short run has whole rows
+            for start in args.starts:
+                cell = f"{protocol}/{start}/{seed}"
+                score = load_cell(work_dir, cell, args)
+                if score is not None:
+                    reused_cells.append(cell)
                 else:
-                    data = data or scenes(work_dir, args)
-                    score = task_score(protocol, model_dir, data, args, seed)
+                    t0 = time.time()
+                    if protocol.startswith("finetune_"):
+                        fraction = int(protocol.split("_")[1]) / 100
+                        score = finetune_top1(runs[start], fraction, args, seed)
+                    else:
+                        data = data or scenes(work_dir, args)
+                        score = task_score(protocol, runs[start], data, args, seed)
+                    timings[cell] = round(time.time() - t0, 1)
+                    save_cell(work_dir, cell, args, score, timings[cell])
                 table[protocol][start][seed] = score
-                timings[f"{protocol}/{start}/{seed}"] = round(time.time() - t0, 1)
                 print(f"{protocol} {start} seed {seed}: {score}", file=sys.stderr, flush=True)
     budget = {k: getattr(args, k) for k in list(FULL) if k not in ("seeds",)}
     out = {
@@ -348,6 +417,7 @@ def main(argv: list[str] | None = None) -> dict:
         "budget": budget,
         "work_dir": work_dir,
         "reused": reused,
+        "reused_cells": reused_cells,
         "timings": timings,
         "wall_s": round(time.time() - start_time, 1),
     }

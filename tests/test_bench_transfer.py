@@ -34,6 +34,8 @@ def test_quick_transfer_table(tmp_path, capsys):
         ["--quick", "--work_dir", str(tmp_path), "--starts", "care", "--protocols", "finetune_1"]
     )
     assert again["reused"] == ["care_seed0"] and "build/care/0" not in again["timings"]
+    assert again["reused_cells"] == ["finetune_1/care/0"]  # the score is kept, too
+    assert again["table"]["finetune_1"]["care"][0] == out["table"]["finetune_1"]["care"][0]
     assert set(again["table"]) == {"finetune_1"} and set(again["table"]["finetune_1"]) == {"care"}
     # the supervised start is the random one after training: its weights moved
     from care_tf.model_dir import load_feature_model
@@ -52,6 +54,8 @@ def test_quick_transfer_table(tmp_path, capsys):
         (["--task_image_size", "40"], "--task_image_size"),
         (["--pretrain_steps", "0"], "--pretrain_steps"),
         (["--scenes", "4", "0"], "--scenes"),
+        (["--ft_max_steps", "0"], "--ft_max_steps"),
+        (["--segment_epochs", "0"], "--segment_epochs"),
     ],
 )
 def test_bad_budget_is_one_line(argv, named, capsys):

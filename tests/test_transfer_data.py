@@ -319,3 +319,33 @@ def test_coco2017_layout_and_limit(scenes, tmp_path):
     kept = [a["id"] for a in full.data["annotations"] if a["image_id"] in (1, 2)]
     assert [a["id"] for a in small.data["annotations"]] == kept and kept
     assert sum(len(v) for v in small.annotations.values()) == len(kept)
+
+
+def test_flip_mirrors_images_boxes_and_masks_together(scenes):
+    split = os.path.join(scenes, "test")
+    found = coco_lib.load_coco(os.path.join(split, "instances.json"), split, require_masks=True)
+    n = len(found)
+    plain_images, plain_targets = next(iter(coco_lib.detection_dataset(found, 32, n)))
+    _, plain_masks = next(iter(coco_lib.segmentation_dataset(found, 32, n)))
+    boxes, labels = np.asarray(plain_targets["boxes"]), np.asarray(plain_targets["labels"])
+    mirrored = boxes.copy()  # x -> 32 - x, x1 and x2 swapped, padding rows kept
+    real = labels >= 0
+    mirrored[..., 1][real] = 32 - boxes[..., 3][real]
+    mirrored[..., 3][real] = 32 - boxes[..., 1][real]
+    seen = set()
+    for epoch_batch in coco_lib.detection_dataset(found, 32, n, flip=True, seed=3).repeat(4):
+        images, targets = (np.asarray(epoch_batch[0]), epoch_batch[1])
+        for i in range(n):
+            flipped = not np.array_equal(images[i], plain_images[i])
+            seen.add(flipped)
+            want_image = plain_images[i][:, ::-1] if flipped else plain_images[i]
+            np.testing.assert_array_equal(images[i], want_image)
+            want = mirrored[i] if flipped else boxes[i]
+            np.testing.assert_allclose(targets["boxes"][i], want, atol=1e-5)
+            np.testing.assert_array_equal(targets["labels"][i], labels[i])
+    assert seen == {True, False}  # both outcomes over 4 epochs of 5 images
+    for images, masks in coco_lib.segmentation_dataset(found, 32, n, flip=True, seed=3).repeat(4):
+        for i in range(n):
+            flipped = not np.array_equal(images[i], plain_images[i])
+            want = plain_masks[i][:, ::-1] if flipped else plain_masks[i]
+            np.testing.assert_array_equal(masks[i], want)

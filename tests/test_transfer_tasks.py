@@ -17,6 +17,7 @@ from care_tf.transfer.segment import (  # noqa: E402
     confusion_matrix,
     evaluate_segmentation,
     iou_report,
+    score_confusion,
 )
 
 SPEC = SceneSpec(canvas=64, min_objects=1, max_objects=3, min_size=16, max_size=32, seed=1)
@@ -147,7 +148,7 @@ def test_segmenter_fits_one_step_and_scores(scenes):
         run_eagerly=True,
     )
     cm = np.array(scores["confusion_matrix"])
-    assert cm.shape == (11, 11) and cm.sum() == len(splits["test"]) * 64 * 64
+    assert cm.shape == (11, 11) and cm.sum() == len(splits["test"]) * 64 * 64  # 64 px canvas
     true_counts = np.zeros(11, np.int64)
     for image in splits["test"].images:
         true_counts += np.bincount(coco_lib.semantic_mask(splits["test"], image).ravel(), None, 11)
@@ -194,4 +195,25 @@ def test_evaluate_segment_cli_on_a_run(scenes, tmp_path):
     assert results["paths"]["json"] == str(run / "eval" / "segment_limit2.json")
     assert saved["miou"] == results["miou"] and saved["num_train"] == 2
     assert saved["config"]["freeze_backbone"] is True
-    assert np.array(saved["confusion_matrix"]).sum() == 2 * 32 * 32
+    assert np.array(saved["confusion_matrix"]).sum() == 2 * 64 * 64  # scored at 64 px, not 32
+
+
+def test_scores_are_read_at_each_images_own_size(scenes):
+    """Logits predicted at 32 px are resized back to the 64 px canvas: a segmenter that
+    always answers class k puts every true pixel of the canvas in column k."""
+    import tensorflow as tf
+
+    _, splits = scenes
+    test = splits["test"]
+
+    def always(k):
+        return lambda x, training=False: tf.one_hot(tf.fill(tf.shape(x)[:3], k), 11) * 5.0
+
+    true_counts = np.zeros(11, np.int64)
+    for image in test.images:
+        true_counts += np.bincount(coco_lib.semantic_mask(test, image).ravel(), None, 11)
+    for k in (0, 4):
+        cm = score_confusion(always(k), test, 32, batch_size=2, eager=True)
+        expected = np.zeros((11, 11), np.int64)
+        expected[:, k] = true_counts
+        np.testing.assert_array_equal(cm, expected)

@@ -308,12 +308,29 @@ def _image_dataset(coco: CocoSet, image_size: int):
     )
 
 
-def _finish(ds, batch_size: int, shuffle: bool, seed: int, size: int):
+def _finish(ds, batch_size: int, shuffle: bool, seed: int, size: int, flip=None):
+    """Shuffles (seeded, anew each epoch), applies `flip(example, coin)` with a fresh
+    seeded coin (a scalar bool, true half of the time) per example and epoch, batches."""
     import tensorflow as tf
 
     if shuffle:
         ds = ds.shuffle(min(size, 4096), seed=seed, reshuffle_each_iteration=True)
+    if flip is not None:
+        coins = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip((ds, coins)).map(
+            lambda example, r: flip(example, r % 2 == 1), deterministic=True
+        )
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def flip_boxes(boxes, labels, image_size: int):
+    """Mirrors `(M, 4)` yxyx px boxes left-right in an image `image_size` px wide; padding
+    rows (label -1) stay -1."""
+    import tensorflow as tf
+
+    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    mirrored = tf.stack([y1, image_size - x2, y2, image_size - x1], axis=-1)
+    return tf.where((labels >= 0)[:, None], mirrored, boxes)
 
 
 def image_dataset(coco: CocoSet, image_size: int, batch_size: int):
@@ -322,22 +339,45 @@ def image_dataset(coco: CocoSet, image_size: int, batch_size: int):
 
 
 def detection_dataset(
-    coco: CocoSet, image_size: int, batch_size: int, *, shuffle: bool = False, seed: int = 0
+    coco: CocoSet,
+    image_size: int,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    flip: bool = False,
+    seed: int = 0,
 ):
-    """Batches of `(images (B, S, S, 3), {"boxes": (B, M, 4) yxyx px, "labels": (B, M)})`."""
+    """Batches of `(images (B, S, S, 3), {"boxes": (B, M, 4) yxyx px, "labels": (B, M)})`;
+    `flip`: each image and its boxes mirrored left-right with probability 1/2 (training)."""
     import tensorflow as tf
 
     boxes, labels = box_targets(coco, image_size)
     targets = tf.data.Dataset.from_tensor_slices({"boxes": boxes, "labels": labels})
     ds = tf.data.Dataset.zip((_image_dataset(coco, image_size), targets))
-    return _finish(ds, batch_size, shuffle, seed, len(coco))
+
+    def mirror(example, coin):
+        image, target = example
+        mirrored = flip_boxes(target["boxes"], target["labels"], image_size)
+        return (
+            tf.where(coin, tf.reverse(image, [1]), image),
+            {"boxes": tf.where(coin, mirrored, target["boxes"]), "labels": target["labels"]},
+        )
+
+    return _finish(ds, batch_size, shuffle, seed, len(coco), mirror if flip else None)
 
 
 def segmentation_dataset(
-    coco: CocoSet, image_size: int, batch_size: int, *, shuffle: bool = False, seed: int = 0
+    coco: CocoSet,
+    image_size: int,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    flip: bool = False,
+    seed: int = 0,
 ):
     """Batches of `(images (B, S, S, 3), masks uint8 (B, S, S, 1))`, masks as
-    `semantic_mask` resized with nearest neighbours."""
+    `semantic_mask` resized with nearest neighbours; `flip`: each image and its mask
+    mirrored left-right with probability 1/2 (training)."""
     import tensorflow as tf
 
     def mask_of(index):
@@ -352,7 +392,11 @@ def segmentation_dataset(
 
     masks = tf.data.Dataset.range(len(coco)).map(load_mask)
     ds = tf.data.Dataset.zip((_image_dataset(coco, image_size), masks))
-    return _finish(ds, batch_size, shuffle, seed, len(coco))
+
+    def mirror(example, coin):
+        return tuple(tf.where(coin, tf.reverse(x, [1]), x) for x in example)
+
+    return _finish(ds, batch_size, shuffle, seed, len(coco), mirror if flip else None)
 
 
 def check_same_categories(train: CocoSet, test: CocoSet) -> None:

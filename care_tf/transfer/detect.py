@@ -243,7 +243,7 @@ def evaluate_detection(
     detector = build_detector(
         backbone, train.num_classes, head_convs=head_convs, freeze_backbone=freeze_backbone
     )
-    data = detection_dataset(train, image_size, batch_size, shuffle=True, seed=seed)
+    data = detection_dataset(train, image_size, batch_size, shuffle=True, flip=True, seed=seed)
     history = fine_tune_detector(
         detector,
         data,

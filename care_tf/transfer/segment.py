@@ -2,15 +2,16 @@
 
     segmenter = build_segmenter(backbone, num_classes=coco.num_classes + 1)  # + background
     fine_tune_segmenter(segmenter, segmentation_dataset(train, 128, 8), epochs=12)
-    cm = predict_confusion(segmenter, segmentation_dataset(test, 128, 8), num_classes)
+    cm = score_confusion(segmenter, test, 128, 8)  # each test image at its own size
     iou_report(cm, ["background", *coco.class_names])   # {"miou": ..., "per_class_iou": ...}
 
 The segmenter is keras-hub's `DeepLabV3ImageSegmenter` on a `DeepLabV3Backbone`: atrous
 spatial pyramid pooling (rates 6, 12, 18) on the ResNet's P5 (stride 32), upsampled x8 and
 joined with the projected P2 features (stride 4, the DeepLabV3+ decoder), then x4 to the
 input size. Training minimises pixel-wise softmax cross-entropy, crowd pixels (255)
-ignored. Scores are read at the resized input resolution (masks resized with nearest
-neighbours), from one confusion matrix over every scored pixel of the split:
+ignored (training masks are resized with nearest neighbours). Scores are read at each
+test image's own size (logits resized back bilinearly, as VOC and COCO score), from one
+confusion matrix over every scored pixel of the split:
 IoU_c = TP / (TP + FP + FN), mean over classes that occur in the ground truth or the
 predictions (the PASCAL VOC convention, background included).
 """
@@ -136,6 +137,33 @@ def predict_confusion(segmenter, data, num_classes: int, *, eager: bool = False)
     return cm
 
 
+def score_confusion(
+    segmenter, coco, image_size: int, batch_size: int = 8, *, eager: bool = False
+) -> np.ndarray:
+    """Confusion matrix over `coco`'s images at their own sizes: each image's logits
+    (predicted at `image_size`) are resized back bilinearly to its height x width, then
+    compared with its `semantic_mask` (crowd pixels ignored), as VOC and COCO score."""
+    import tensorflow as tf
+
+    from care_tf.transfer.coco import image_dataset, semantic_mask
+
+    def forward(x):
+        return segmenter(x, training=False)
+
+    if not eager:
+        forward = tf.function(forward, reduce_retracing=True)
+    num_classes = coco.num_classes + 1
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    images = iter(coco.images)
+    for batch in image_dataset(coco, image_size, batch_size):
+        for logits in forward(batch):
+            image = next(images)
+            full = tf.image.resize(logits, (image["height"], image["width"]), method="bilinear")
+            predicted = np.asarray(tf.argmax(full, axis=-1))
+            cm += confusion_matrix(semantic_mask(coco, image), predicted, num_classes)
+    return cm
+
+
 def iou_report(cm: np.ndarray, class_names: list[str] | None = None) -> dict:
     """Per-class IoU and their mean from a confusion matrix.
 
@@ -187,7 +215,7 @@ def evaluate_segmentation(
         Others: see `build_segmenter` and `fine_tune_segmenter`.
 
     Returns:
-        `iou_report` of the test split plus "history".
+        `iou_report` of the test split (scored at each image's own size) plus "history".
     """
     from care_tf.transfer.coco import check_same_categories, segmentation_dataset
 
@@ -197,7 +225,7 @@ def evaluate_segmentation(
     keras.utils.set_random_seed(seed)
     num_classes = train.num_classes + 1
     segmenter = build_segmenter(backbone, num_classes, freeze_backbone=freeze_backbone)
-    data = segmentation_dataset(train, image_size, batch_size, shuffle=True, seed=seed)
+    data = segmentation_dataset(train, image_size, batch_size, shuffle=True, flip=True, seed=seed)
     history = fine_tune_segmenter(
         segmenter,
         data,
@@ -207,6 +235,5 @@ def evaluate_segmentation(
         verbose=verbose,
         run_eagerly=run_eagerly,
     )
-    test_data = segmentation_dataset(test, image_size, batch_size)
-    cm = predict_confusion(segmenter, test_data, num_classes, eager=run_eagerly)
+    cm = score_confusion(segmenter, test, image_size, batch_size, eager=run_eagerly)
     return {**iou_report(cm, ["background", *test.class_names]), "history": history}
