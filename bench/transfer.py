@@ -1,6 +1,6 @@
 """The transfer table: four starting points fine-tuned on each protocol (docs/results.md).
 
-    python bench/transfer.py --work_dir runs/transfer              # the full table (hours)
+    python bench/transfer.py --work_dir runs/transfer              # the table (2-3 hours)
     python bench/transfer.py --quick                               # smoke run (a few minutes)
     python bench/transfer.py --work_dir runs/transfer --protocols detect segment
 
@@ -28,10 +28,10 @@ subset, head initialisation, shuffling). Runs are kept in `--work_dir` (`care_se
 `byol_seedk`, `random_seedk`, `supervised_seedk`, `scenes_N_M/`) and a run whose
 `train_state.json` says complete is reused (refused if trained for other steps). Every
 score is kept too (`scores/PROTOCOL-START-seedK.json` with the budget it depends on) and
-reused under the same budget, so an interrupted run resumes and seeds can run in separate
-processes on the same work_dir, one per core (docs/results.md gives the commands; write
-the scenes first). Prints one JSON line: `table` {protocol: {start: {seed: metric}}},
-`metrics` (what each protocol's number is), the budget and the wall seconds of every stage.
+reused under the same budget, so an interrupted run resumes where it stopped. Every start
+is built first, then each protocol in `--protocols` order runs on every seed and start.
+Prints one JSON line: `table` {protocol: {start: {seed: metric}}}, `metrics` (what each
+protocol's number is), the budget and the wall seconds of every stage.
 """
 
 from __future__ import annotations
@@ -86,20 +86,23 @@ QUICK = {
     "task_batch": 4,
     "task_image_size": 64,
 }
+# The table in docs/results.md (about 2 h 20 min on 2 cores): 3 pretraining epochs of the
+# 16,384-image quickstart subset; the fine-tuning recipe's epochs capped at 80 steps; 1000 /
+# 250 scenes at 96 px, 3 detection epochs and 1 segmentation epoch.
 FULL = {
-    "pretrain_steps": 2048,
+    "pretrain_steps": 768,
     "seeds": [0, 1],
     "ft_epochs": None,
     "ft_steps": None,
-    "ft_max_steps": None,
+    "ft_max_steps": 80,
     "ft_batch": 256,
     "eval_limit": None,
-    "scenes": (2000, 500),
-    "detect_epochs": 12,
-    "segment_epochs": 12,
+    "scenes": (1000, 250),
+    "detect_epochs": 3,
+    "segment_epochs": 1,
     "task_steps": None,
     "task_batch": 8,
-    "task_image_size": 128,
+    "task_image_size": 96,
 }
 
 
@@ -177,7 +180,7 @@ def write_state(model_dir: str, state: dict) -> None:
 def pretrain(method: str, model_dir: str, args, seed: int) -> None:
     """`python -m care_tf.train` for `method` (care / byol) into `model_dir`."""
     cmd = [sys.executable, "-m", "care_tf.train", "--config", CONFIGS[method]]
-    cmd += ["--model_dir", model_dir, "--no_progress"]
+    cmd += ["--model_dir", model_dir, "--no_progress", "--resume"]  # an interrupted run goes on
     cmd += [a for o in pretrain_set(args, seed) for a in ("--set", o)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
     subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -382,15 +385,16 @@ def main(argv: list[str] | None = None) -> dict:
     reused_cells: list[str] = []
     table = {p: {s: {} for s in args.starts} for p in args.protocols}
     data = None
+    runs = {}
     for seed in args.seeds:
-        runs = {}
         for start in args.starts:
-            runs[start], seconds = build_start(start, work_dir, args, seed)
+            runs[start, seed], seconds = build_start(start, work_dir, args, seed)
             if seconds is None:
-                reused.append(os.path.basename(runs[start]))
+                reused.append(os.path.basename(runs[start, seed]))
             else:
                 timings[f"build/{start}/{seed}"] = seconds
-        for protocol in args.protocols:  # protocol-major: a cut-short run has whole rows
+    for protocol in args.protocols:  # protocol-major: a run cut short has whole rows
+        for seed in args.seeds:
             for start in args.starts:
                 cell = f"{protocol}/{start}/{seed}"
                 score = load_cell(work_dir, cell, args)
@@ -400,10 +404,10 @@ def main(argv: list[str] | None = None) -> dict:
                     t0 = time.time()
                     if protocol.startswith("finetune_"):
                         fraction = int(protocol.split("_")[1]) / 100
-                        score = finetune_top1(runs[start], fraction, args, seed)
+                        score = finetune_top1(runs[start, seed], fraction, args, seed)
                     else:
                         data = data or scenes(work_dir, args)
-                        score = task_score(protocol, runs[start], data, args, seed)
+                        score = task_score(protocol, runs[start, seed], data, args, seed)
                     timings[cell] = round(time.time() - t0, 1)
                     save_cell(work_dir, cell, args, score, timings[cell])
                 table[protocol][start][seed] = score

@@ -317,9 +317,7 @@ def _finish(ds, batch_size: int, shuffle: bool, seed: int, size: int, flip=None)
         ds = ds.shuffle(min(size, 4096), seed=seed, reshuffle_each_iteration=True)
     if flip is not None:
         coins = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip((ds, coins)).map(
-            lambda example, r: flip(example, r % 2 == 1), deterministic=True
-        )
+        ds = tf.data.Dataset.zip((ds, coins)).map(lambda example, r: flip(example, r % 2 == 1))
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
