@@ -27,7 +27,7 @@ Pretraining seed k gives the start of seed k and is also its fine-tuning seed (l
 subset, head initialisation, shuffling). Runs are kept in `--work_dir` (`care_seedk`,
 `byol_seedk`, `random_seedk`, `supervised_seedk`, `scenes_N_M/`) and a run whose
 `train_state.json` says complete is reused (refused if trained for other steps). Every
-score is kept too (`scores/PROTOCOL-START-seedK.json` with the budget it depends on) and
+score is kept too (`scores/PROTOCOL-START-K.json` with the budget it depends on) and
 reused under the same budget, so an interrupted run resumes where it stopped. Every start
 is built first, then each protocol in `--protocols` order runs on every seed and start.
 Prints one JSON line: `table` {protocol: {start: {seed: metric}}}, `metrics` (what each
@@ -86,7 +86,7 @@ QUICK = {
     "task_batch": 4,
     "task_image_size": 64,
 }
-# The table in docs/results.md (about 2 h 20 min on 2 cores): 3 pretraining epochs of the
+# The table in docs/results.md (about 2 h 15 min on 2 cores): 3 pretraining epochs of the
 # 16,384-image quickstart subset; the fine-tuning recipe's epochs capped at 80 steps; 1000 /
 # 250 scenes at 96 px, 3 detection epochs and 1 segmentation epoch.
 FULL = {
@@ -347,7 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ft_epochs", type=int, default=None, help="finetune: epochs (recipe)")
     p.add_argument("--ft_steps", type=int, default=None, help="finetune: max steps / epoch")
     p.add_argument(
-        "--ft_max_steps", type=int, default=None, help="finetune: cap on all steps (fewer epochs)"
+        "--ft_max_steps",
+        type=int,
+        default=None,
+        help="finetune: cap on all steps, fewer epochs (0: no cap, the recipe's epochs)",
     )
     p.add_argument("--ft_batch", type=int, default=None, help="finetune: largest batch")
     p.add_argument("--eval_limit", type=int, default=None, help="finetune: test images")
@@ -366,7 +369,9 @@ def main(argv: list[str] | None = None) -> dict:
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    positive = ("pretrain_steps", "ft_epochs", "ft_steps", "ft_max_steps", "ft_batch", "eval_limit")
+    if args.ft_max_steps is not None and args.ft_max_steps < 0:
+        parser.error(f"--ft_max_steps must be >= 0 (0: no cap); got {args.ft_max_steps}.")
+    positive = ("pretrain_steps", "ft_epochs", "ft_steps", "ft_batch", "eval_limit")
     for key in positive + ("detect_epochs", "segment_epochs", "task_steps", "task_batch"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
             parser.error(f"--{key} must be >= 1; got {getattr(args, key)}.")

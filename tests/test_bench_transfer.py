@@ -54,7 +54,7 @@ def test_quick_transfer_table(tmp_path, capsys):
         (["--task_image_size", "40"], "--task_image_size"),
         (["--pretrain_steps", "0"], "--pretrain_steps"),
         (["--scenes", "4", "0"], "--scenes"),
-        (["--ft_max_steps", "0"], "--ft_max_steps"),
+        (["--ft_max_steps", "-1"], "--ft_max_steps"),
         (["--segment_epochs", "0"], "--segment_epochs"),
     ],
 )

@@ -121,22 +121,6 @@ def confusion_matrix(
     return counts(labels[keep], np.asarray(predictions).reshape(-1)[keep], num_classes)
 
 
-def predict_confusion(segmenter, data, num_classes: int, *, eager: bool = False) -> np.ndarray:
-    """Confusion matrix of the segmenter's argmax over `(images, masks)` batches
-    (`eager`: no graph tracing, quicker for a batch or two)."""
-    import tensorflow as tf
-
-    def forward(x):
-        return tf.argmax(segmenter(x, training=False), axis=-1)
-
-    if not eager:
-        forward = tf.function(forward, reduce_retracing=True)
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    for images, masks in data:
-        cm += confusion_matrix(np.asarray(masks)[..., 0], np.asarray(forward(images)), num_classes)
-    return cm
-
-
 def score_confusion(
     segmenter, coco, image_size: int, batch_size: int = 8, *, eager: bool = False
 ) -> np.ndarray:
