@@ -170,3 +170,13 @@ def test_data_augment_errors_name_the_key(augment):
     cfg = C.load_config(None, [f"data.augment={augment}"])
     with pytest.raises(C.ConfigError, match=r"^Config key .data.augment."):
         make_augmenter(cfg)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:5000", "grpc://host:ab", "grpc://:5000"])
+def test_data_service_address_is_checked_once_by_its_parser(address):
+    path = os.path.join(ROOT, "configs", "quickstart.yaml")
+    with pytest.raises(C.ConfigError, match="'data.service'"):
+        C.load_config(path, [f"data.service={address}"])
+    assert C.load_config(path, ["data.service=grpc://127.0.0.1:5000"]).data.service == (
+        "grpc://127.0.0.1:5000"
+    )

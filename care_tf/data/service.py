@@ -12,13 +12,25 @@ import sys
 import time
 
 
+def _split(address: str) -> tuple[str, str] | None:
+    """(host, port digits) of "grpc://HOST:PORT", or None when it is not of that form."""
+    if not address.startswith("grpc://"):
+        return None
+    host, sep, port = address.removeprefix("grpc://").rpartition(":")
+    return (host, port) if sep and host and port.isdigit() else None
+
+
+def is_address(address: str) -> bool:
+    """Whether `address` is a dispatcher address "grpc://HOST:PORT" (the config's check)."""
+    return _split(address) is not None
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """(host, port) of "grpc://HOST:PORT" (HOST may be a bracketed IPv6 address)."""
-    rest = address.removeprefix("grpc://")
-    host, sep, port = rest.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    parts = _split(address)
+    if parts is None:
         raise ValueError(f"data.service must be grpc://HOST:PORT; got {address!r}.")
-    return host.strip("[]"), int(port)
+    return parts[0].strip("[]"), int(parts[1])
 
 
 def wait_for_dispatcher(

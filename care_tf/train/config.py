@@ -349,8 +349,10 @@ def _check_ranges(cfg: Config) -> None:
             need(value >= 1, f"data.{key}", ">= 1 examples (or null)", value)
     need(d.service_timeout > 0, "data.service_timeout", "> 0 seconds", d.service_timeout)
     if cfg.data.service is not None:
+        from care_tf.data.service import is_address
+
         need(
-            cfg.data.service.startswith("grpc://") and ":" in cfg.data.service[7:],
+            is_address(cfg.data.service),
             "data.service",
             "a dispatcher address grpc://HOST:PORT",
             cfg.data.service,
